@@ -1,0 +1,148 @@
+// CPU reference kernels: plain float32, written so GCC vectorises the inner loops (independent
+// accumulators instead of one serial sum) and OpenMP spreads rows of the weight over the cores.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/ops.h"
+
+namespace r1::cpu {
+
+float Dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0;
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+void Axpy(float a, const float* x, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+namespace {
+
+// Four rows of x against one row of w: each weight value loaded once is used four times.
+inline void Dot4(const float* x0, const float* x1, const float* x2, const float* x3, const float* w,
+                 int64_t k, float out[4]) {
+  float a0[8] = {}, a1[8] = {}, a2[8] = {}, a3[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float wv = w[i + j];
+      a0[j] += x0[i + j] * wv;
+      a1[j] += x1[i + j] * wv;
+      a2[j] += x2[i + j] * wv;
+      a3[j] += x3[i + j] * wv;
+    }
+  }
+  float s[4] = {0, 0, 0, 0};
+  for (; i < k; ++i) {
+    s[0] += x0[i] * w[i];
+    s[1] += x1[i] * w[i];
+    s[2] += x2[i] * w[i];
+    s[3] += x3[i] * w[i];
+  }
+  auto sum8 = [](const float* a) { return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])); };
+  out[0] = s[0] + sum8(a0);
+  out[1] = s[1] + sum8(a1);
+  out[2] = s[2] + sum8(a2);
+  out[3] = s[3] + sum8(a3);
+}
+
+template <bool kAccumulate>
+void MatMulImpl(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
+  // Tiles of 64 weight rows x 4 activation rows: a tile of w stays in L1/L2 across the rows of x.
+  constexpr int64_t kRowTile = 64;
+  const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
+  const int64_t work = m * n * k;
+#pragma omp parallel for schedule(dynamic, 1) if (work > 32768)
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    const int64_t n0 = t * kRowTile, n1 = std::min(n, n0 + kRowTile);
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {
+      const float* x0 = x + r * k;
+      for (int64_t c = n0; c < n1; ++c) {
+        float o[4];
+        Dot4(x0, x0 + k, x0 + 2 * k, x0 + 3 * k, w + c * k, k, o);
+        for (int j = 0; j < 4; ++j) {
+          float& dst = y[(r + j) * n + c];
+          dst = kAccumulate ? dst + o[j] : o[j];
+        }
+      }
+    }
+    for (; r < m; ++r) {
+      for (int64_t c = n0; c < n1; ++c) {
+        const float v = Dot(x + r * k, w + c * k, k);
+        float& dst = y[r * n + c];
+        dst = kAccumulate ? dst + v : v;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void MatMulNT(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
+  MatMulImpl<false>(x, m, k, w, n, y);
+}
+
+void MatMulNTAccumulate(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
+  MatMulImpl<true>(x, m, k, w, n, y);
+}
+
+void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t stride, const float* weight, float eps,
+             float* out, int64_t out_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * stride;
+    float* o = out + r * out_stride;
+    const float ms = Dot(xr, xr, dim) / static_cast<float>(dim);
+    const float inv = 1.0f / std::sqrt(ms + eps);
+    for (int64_t i = 0; i < dim; ++i) o[i] = (xr[i] * inv) * weight[i];
+  }
+}
+
+void ApplyRope(float* x, int64_t rows, int64_t rows_per_position, int64_t dim, int64_t stride,
+               const int64_t* positions, const float* inv_freq, float factor, bool interleave) {
+  const int64_t half = dim / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* v = x + r * stride;
+    // float32 angle as transformers computes it (inv_freq x position, one float rounding).
+    const float pos = static_cast<float>(positions[r / rows_per_position]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = inv_freq[i] * pos;
+      const float c = std::cos(angle) * factor, s = std::sin(angle) * factor;
+      const int64_t a = interleave ? 2 * i : i;
+      const int64_t b = interleave ? 2 * i + 1 : i + half;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x1 * c + x0 * s;
+    }
+  }
+}
+
+void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace r1::cpu

@@ -1,0 +1,426 @@
+#include "worker/model/deepseek_v3.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "kernels/ops.h"
+
+namespace r1 {
+
+std::vector<float> RopeInverseFrequencies(const ModelConfig& c) {
+  const int64_t dim = c.qk_rope_head_dim, half = dim / 2;
+  const double base = c.rope_theta;
+  std::vector<float> inv(half);
+  for (int64_t i = 0; i < half; ++i) {
+    inv[i] = static_cast<float>(1.0 / std::pow(base, static_cast<double>(2 * i) / static_cast<double>(dim)));
+  }
+  if (!c.yarn) return inv;
+  const YarnScaling& y = *c.yarn;
+  // The dims that turn fewer than beta_slow times over the original context are interpolated
+  // (divided by factor); those that turn more than beta_fast times are kept; a ramp in between.
+  auto correction_dim = [&](double rotations) {
+    return (dim * std::log(y.original_max_position_embeddings / (rotations * 2 * M_PI))) / (2 * std::log(base));
+  };
+  double low = correction_dim(y.beta_fast), high = correction_dim(y.beta_slow);
+  if (y.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;
+  for (int64_t i = 0; i < half; ++i) {
+    const float ramp = static_cast<float>(std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0));
+    const float extrapolation = 1.0f - ramp;
+    const float keep = inv[i];
+    const float interp = static_cast<float>(1.0 / (y.factor * (1.0 / static_cast<double>(keep))));
+    inv[i] = interp * (1.0f - extrapolation) + keep * extrapolation;
+  }
+  return inv;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Logs load progress (bytes, GB/s, ETA) at most once a second and at the end.
+class LoadProgress {
+ public:
+  explicit LoadProgress(size_t total) : total_(total), start_(Clock::now()), last_(start_) {}
+  void Add(size_t bytes, absl::string_view what) {
+    done_ += bytes;
+    auto now = Clock::now();
+    if (now - last_ < std::chrono::seconds(1) && done_ < total_) return;
+    last_ = now;
+    const double s = std::chrono::duration<double>(now - start_).count();
+    const double rate = s > 0 ? done_ / s : 0;
+    const double eta = rate > 0 ? (total_ - std::min(done_, total_)) / rate : 0;
+    R1_LOG(INFO) << "loading weights: " << what << ": " << done_ / 1e9 << " / " << total_ / 1e9 << " GB ("
+                 << (total_ ? 100.0 * done_ / total_ : 100.0) << "%), " << rate / 1e9 << " GB/s, ETA " << eta << " s";
+  }
+
+ private:
+  size_t total_, done_ = 0;
+  Clock::time_point start_, last_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& model_dir) {
+  auto model = std::unique_ptr<DeepseekV3Model>(new DeepseekV3Model());
+  R1_ASSIGN_OR_RETURN(model->config_, LoadModelConfig(model_dir));
+  R1_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(model_dir));
+  R1_RETURN_IF_ERROR(model->LoadWeights(*ckpt));
+  const ModelConfig& c = model->config_;
+  model->inv_freq_ = RopeInverseFrequencies(c);
+  model->rope_factor_ = static_cast<float>(c.rope_attention_factor());
+  model->softmax_scale_ = static_cast<float>(c.softmax_scale());
+  return model;
+}
+
+absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
+  const ModelConfig& c = config_;
+  const int64_t h = c.hidden_size, nh = c.num_attention_heads;
+  const int64_t qk = c.qk_head_dim(), kvr = c.kv_lora_rank;
+  // Only the main layers: the MTP layer (index num_hidden_layers) is not read.
+  size_t total = 0;
+  for (const auto& name : ckpt.Names()) {
+    bool mtp = false;
+    for (int64_t i = c.num_hidden_layers; i < c.num_hidden_layers + c.num_nextn_predict_layers; ++i) {
+      mtp |= name.starts_with(absl::StrCat("model.layers.", i, "."));
+    }
+    if (!mtp) total += ckpt.Get(name)->nbytes;
+  }
+  LoadProgress progress(total);
+  std::string stage = "embedding";
+  // Checkpoint bytes of a tensor and of its FP8 scales, for the progress line.
+  auto file_bytes = [&](const std::string& name) {
+    size_t b = ckpt.Get(name)->nbytes;
+    const std::string scales = name.substr(0, name.rfind(".weight")) + ".weight_scale_inv";
+    if (name.ends_with(".weight") && ckpt.Has(scales)) b += ckpt.Get(scales)->nbytes;
+    return b;
+  };
+  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, Matrix* out) -> absl::Status {
+    R1_ASSIGN_OR_RETURN(*out, LoadMatrix(ckpt, c, name, rows, cols));
+    weight_bytes_ += out->bytes();
+    progress.Add(file_bytes(name), stage);
+    return absl::OkStatus();
+  };
+  auto vector = [&](const std::string& name, int64_t size, std::vector<float>* out) -> absl::Status {
+    R1_ASSIGN_OR_RETURN(*out, LoadVector(ckpt, name, size));
+    weight_bytes_ += out->size() * sizeof(float);
+    progress.Add(file_bytes(name), stage);
+    return absl::OkStatus();
+  };
+  auto mlp = [&](const std::string& prefix, int64_t inter, MlpWeights* w) -> absl::Status {
+    R1_RETURN_IF_ERROR(matrix(prefix + "gate_proj.weight", inter, h, &w->gate));
+    R1_RETURN_IF_ERROR(matrix(prefix + "up_proj.weight", inter, h, &w->up));
+    return matrix(prefix + "down_proj.weight", h, inter, &w->down);
+  };
+
+  R1_RETURN_IF_ERROR(matrix("model.embed_tokens.weight", c.vocab_size, h, &embed_));
+  layers_.resize(c.num_hidden_layers);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    stage = absl::StrCat("layer ", i);
+    LayerWeights& L = layers_[i];
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    auto status = [&]() -> absl::Status {
+      R1_RETURN_IF_ERROR(vector(p + "input_layernorm.weight", h, &L.input_norm));
+      R1_RETURN_IF_ERROR(vector(p + "post_attention_layernorm.weight", h, &L.post_attention_norm));
+      const std::string a = p + "self_attn.";
+      if (c.q_lora_rank) {
+        R1_RETURN_IF_ERROR(matrix(a + "q_a_proj.weight", *c.q_lora_rank, h, &L.attn.q_a));
+        R1_RETURN_IF_ERROR(vector(a + "q_a_layernorm.weight", *c.q_lora_rank, &L.attn.q_a_norm));
+        R1_RETURN_IF_ERROR(matrix(a + "q_b_proj.weight", nh * qk, *c.q_lora_rank, &L.attn.q_b));
+      } else {
+        R1_RETURN_IF_ERROR(matrix(a + "q_proj.weight", nh * qk, h, &L.attn.q));
+      }
+      R1_RETURN_IF_ERROR(matrix(a + "kv_a_proj_with_mqa.weight", kvr + c.qk_rope_head_dim, h, &L.attn.kv_a));
+      R1_RETURN_IF_ERROR(vector(a + "kv_a_layernorm.weight", kvr, &L.attn.kv_a_norm));
+      R1_RETURN_IF_ERROR(matrix(a + "kv_b_proj.weight", nh * (c.qk_nope_head_dim + c.v_head_dim), kvr, &L.attn.kv_b));
+      R1_RETURN_IF_ERROR(matrix(a + "o_proj.weight", h, nh * c.v_head_dim, &L.attn.o));
+      L.is_moe = c.is_moe_layer(i);
+      if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, &L.mlp);
+      R1_RETURN_IF_ERROR(matrix(p + "mlp.gate.weight", c.n_routed_experts, h, &L.moe.router));
+      R1_RETURN_IF_ERROR(vector(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts, &L.moe.score_bias));
+      L.moe.experts.resize(c.n_routed_experts);
+      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+        R1_RETURN_IF_ERROR(mlp(absl::StrCat(p, "mlp.experts.", e, "."), c.moe_intermediate_size, &L.moe.experts[e]));
+      }
+      L.moe.has_shared = c.n_shared_experts > 0;
+      if (L.moe.has_shared) {
+        R1_RETURN_IF_ERROR(mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, &L.moe.shared));
+      }
+      return absl::OkStatus();
+    }();
+    if (!status.ok()) return Annotate(status, absl::StrCat("loading layer ", i));
+  }
+  stage = "final norm and lm_head";
+  R1_RETURN_IF_ERROR(vector("model.norm.weight", h, &final_norm_));
+  R1_RETURN_IF_ERROR(matrix("lm_head.weight", c.vocab_size, h, &lm_head_));
+  R1_LOG(INFO) << "model loaded: " << c.num_hidden_layers << " layers, " << weight_bytes_ / 1e6
+               << " MB of float32 weights from " << ckpt.num_files() << " file(s) in " << ckpt.dir();
+  return absl::OkStatus();
+}
+
+absl::Status DeepseekV3Model::Validate(const std::vector<SequenceStep>& batch, const PagedKvCache& cache) const {
+  if (cache.layers() != config_.num_hidden_layers || cache.latent_dim() != config_.kv_latent_dim()) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache geometry (", cache.layers(), " layers x ",
+                                                   cache.latent_dim(), ") does not fit the model (",
+                                                   config_.num_hidden_layers, " x ", config_.kv_latent_dim(), ")"));
+  }
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SequenceStep& q = batch[s];
+    auto err = [&](absl::string_view what) { return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": ", what)); };
+    if (q.tokens.empty()) return err("no new tokens");
+    if (q.start_position < 0) return err("negative start position");
+    const int64_t end = q.start_position + static_cast<int64_t>(q.tokens.size());
+    if (end > config_.max_position_embeddings) {
+      return err(absl::StrCat("positions up to ", end, " exceed max_position_embeddings ", config_.max_position_embeddings));
+    }
+    for (int32_t t : q.tokens) {
+      if (t < 0 || t >= config_.vocab_size) return err(absl::StrCat("token id ", t, " outside [0, ", config_.vocab_size, ")"));
+    }
+    const int64_t need = (end + cache.block_size() - 1) / cache.block_size();
+    if (static_cast<int64_t>(q.block_table.size()) < need) {
+      return err(absl::StrCat("block table has ", q.block_table.size(), " blocks, ", need, " needed for ", end, " positions"));
+    }
+    for (int64_t b = 0; b < need; ++b) {
+      if (q.block_table[b] < 0 || q.block_table[b] >= cache.num_blocks()) {
+        return err(absl::StrCat("block id ", q.block_table[b], " outside the cache's ", cache.num_blocks(), " blocks"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> DeepseekV3Model::Forward(const std::vector<SequenceStep>& batch,
+                                                                         PagedKvCache& cache, AttentionForm form) const {
+  R1_RETURN_IF_ERROR(Validate(batch, cache));
+  const ModelConfig& c = config_;
+  const int64_t hd = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  std::vector<int64_t> positions;
+  std::vector<int32_t> ids;
+  for (const SequenceStep& q : batch) {
+    for (size_t i = 0; i < q.tokens.size(); ++i) {
+      ids.push_back(q.tokens[i]);
+      positions.push_back(q.start_position + static_cast<int64_t>(i));
+    }
+  }
+  const int64_t t = static_cast<int64_t>(ids.size());
+
+  std::vector<float> x(t * hd), h(t * hd);  // residual stream and normed input, [T, H]
+  for (int64_t r = 0; r < t; ++r) std::copy_n(embed_.row(ids[r]), hd, x.data() + r * hd);
+
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = layers_[l];
+    cpu::RmsNorm(x.data(), t, hd, hd, L.input_norm.data(), eps, h.data(), hd);
+    Attention(l, h.data(), batch, positions, cache, form, x.data());
+    cpu::RmsNorm(x.data(), t, hd, hd, L.post_attention_norm.data(), eps, h.data(), hd);
+    if (L.is_moe) {
+      Moe(L.moe, h.data(), t, x.data());
+    } else {
+      DenseMlp(L.mlp, h.data(), t, x.data());
+    }
+  }
+
+  // Final norm and lm_head on the rows that need logits.
+  std::vector<std::vector<float>> logits(batch.size());
+  int64_t row = 0;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const int64_t n = static_cast<int64_t>(batch[s].tokens.size());
+    const int64_t first = batch[s].all_logits ? row : row + n - 1, rows = batch[s].all_logits ? n : 1;
+    std::vector<float> normed(rows * hd);
+    cpu::RmsNorm(x.data() + first * hd, rows, hd, hd, final_norm_.data(), eps, normed.data(), hd);
+    logits[s].resize(rows * c.vocab_size);
+    cpu::MatMulNT(normed.data(), rows, hd, lm_head_.data.data(), c.vocab_size, logits[s].data());
+    row += n;
+  }
+  return logits;
+}
+
+void DeepseekV3Model::Attention(int64_t layer, const float* h, const std::vector<SequenceStep>& batch,
+                                const std::vector<int64_t>& positions, PagedKvCache& cache, AttentionForm form,
+                                float* x) const {
+  const ModelConfig& c = config_;
+  const MlaWeights& w = layers_[layer].attn;
+  const int64_t t = static_cast<int64_t>(positions.size()), hd = c.hidden_size, nh = c.num_attention_heads;
+  const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, qk = c.qk_head_dim(), vd = c.v_head_dim;
+  const int64_t kvr = c.kv_lora_rank, lat = c.kv_latent_dim(), kvb_rows = nope + vd;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  // Queries [T, NH, qk]: nope part then rope part of each head.
+  std::vector<float> q(t * nh * qk);
+  if (c.q_lora_rank) {
+    const int64_t qr = *c.q_lora_rank;
+    std::vector<float> qa(t * qr);  // [T, q_lora_rank]
+    cpu::MatMulNT(h, t, hd, w.q_a.data.data(), qr, qa.data());
+    cpu::RmsNorm(qa.data(), t, qr, qr, w.q_a_norm.data(), eps, qa.data(), qr);
+    cpu::MatMulNT(qa.data(), t, qr, w.q_b.data.data(), nh * qk, q.data());
+  } else {
+    cpu::MatMulNT(h, t, hd, w.q.data.data(), nh * qk, q.data());
+  }
+  cpu::ApplyRope(q.data() + nope, t * nh, nh, rope, qk, positions.data(), inv_freq_.data(), rope_factor_,
+                 c.rope_interleave);
+
+  // The latent of each new token [T, kvr + rope]: normalised c_kv, then the rotated shared key.
+  std::vector<float> latent(t * lat);
+  cpu::MatMulNT(h, t, hd, w.kv_a.data.data(), lat, latent.data());
+  cpu::RmsNorm(latent.data(), t, kvr, lat, w.kv_a_norm.data(), eps, latent.data(), lat);
+  cpu::ApplyRope(latent.data() + kvr, t, 1, rope, lat, positions.data(), inv_freq_.data(), rope_factor_,
+                 c.rope_interleave);
+
+  // Write them into the paged cache.
+  const int64_t bs = cache.block_size();
+  {
+    int64_t r = 0;
+    for (const SequenceStep& s : batch) {
+      for (size_t i = 0; i < s.tokens.size(); ++i, ++r) {
+        const int64_t p = positions[r];
+        std::copy_n(latent.data() + r * lat, lat, cache.At(s.block_table[p / bs], layer, p % bs));
+      }
+    }
+  }
+
+  std::vector<float> out(t * nh * vd);  // [T, NH * v]
+  int64_t row0 = 0;
+  for (const SequenceStep& s : batch) {
+    const int64_t n = static_cast<int64_t>(s.tokens.size()), ctx = s.start_position + n;
+    // This sequence's cached latents [L, kvr + rope], gathered from its blocks.
+    std::vector<float> ctx_lat(ctx * lat);
+    for (int64_t p = 0; p < ctx; ++p) std::copy_n(cache.At(s.block_table[p / bs], layer, p % bs), lat, ctx_lat.data() + p * lat);
+    const bool absorbed = form == AttentionForm::kAbsorbed || (form == AttentionForm::kAuto && n == 1);
+
+    std::vector<float> kv;  // expanded form: per-head K_nope and V [L, NH, nope + v]
+    if (!absorbed) {
+      std::vector<float> ckv(ctx * kvr);
+      for (int64_t p = 0; p < ctx; ++p) std::copy_n(ctx_lat.data() + p * lat, kvr, ckv.data() + p * kvr);
+      kv.resize(ctx * nh * kvb_rows);
+      cpu::MatMulNT(ckv.data(), ctx, kvr, w.kv_b.data.data(), nh * kvb_rows, kv.data());
+    }
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    for (int64_t head = 0; head < nh; ++head) {
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = row0 + i, visible = s.start_position + i + 1;  // causal
+        const float* qh = q.data() + (r * nh + head) * qk;              // [nope | rope]
+        float* o = out.data() + (r * nh + head) * vd;
+        std::vector<float> scores(visible);
+        if (absorbed) {
+          // q_lat[kvr] = W_k[head]^T q_nope: the K half of kv_b_proj folded into the query.
+          std::vector<float> q_lat(kvr, 0.0f), o_lat(kvr, 0.0f);
+          for (int64_t d = 0; d < nope; ++d) cpu::Axpy(qh[d], w.kv_b.row(head * kvb_rows + d), kvr, q_lat.data());
+          for (int64_t j = 0; j < visible; ++j) {
+            const float* cj = ctx_lat.data() + j * lat;
+            scores[j] = (cpu::Dot(q_lat.data(), cj, kvr) + cpu::Dot(qh + nope, cj + kvr, rope)) * softmax_scale_;
+          }
+          cpu::Softmax(scores.data(), visible);
+          for (int64_t j = 0; j < visible; ++j) cpu::Axpy(scores[j], ctx_lat.data() + j * lat, kvr, o_lat.data());
+          // The V half applied after the weighted sum.
+          for (int64_t d = 0; d < vd; ++d) o[d] = cpu::Dot(w.kv_b.row(head * kvb_rows + nope + d), o_lat.data(), kvr);
+        } else {
+          for (int64_t j = 0; j < visible; ++j) {
+            const float* kj = kv.data() + (j * nh + head) * kvb_rows;
+            const float* pe = ctx_lat.data() + j * lat + kvr;
+            scores[j] = (cpu::Dot(qh, kj, nope) + cpu::Dot(qh + nope, pe, rope)) * softmax_scale_;
+          }
+          cpu::Softmax(scores.data(), visible);
+          std::fill_n(o, vd, 0.0f);
+          for (int64_t j = 0; j < visible; ++j) cpu::Axpy(scores[j], kv.data() + (j * nh + head) * kvb_rows + nope, vd, o);
+        }
+      }
+    }
+    row0 += n;
+  }
+  cpu::MatMulNTAccumulate(out.data(), t, nh * vd, w.o.data.data(), hd, x);
+}
+
+void DeepseekV3Model::DenseMlp(const MlpWeights& w, const float* h, int64_t t, float* x) const {
+  const int64_t hd = config_.hidden_size, inter = w.gate.rows;
+  std::vector<float> g(t * inter), u(t * inter);
+  cpu::MatMulNT(h, t, hd, w.gate.data.data(), inter, g.data());
+  cpu::MatMulNT(h, t, hd, w.up.data.data(), inter, u.data());
+  cpu::SiluMul(g.data(), u.data(), t * inter, g.data());
+  cpu::MatMulNTAccumulate(g.data(), t, inter, w.down.data.data(), hd, x);
+}
+
+void DeepseekV3Model::Route(const MoeWeights& w, const float* h, int64_t t, std::vector<int32_t>* experts,
+                            std::vector<float>* weights) const {
+  const ModelConfig& c = config_;
+  const int64_t ne = c.n_routed_experts, k = c.num_experts_per_tok;
+  const int64_t groups = c.n_group, per_group = ne / groups;
+  std::vector<float> scores(t * ne);  // [T, E]
+  cpu::MatMulNT(h, t, c.hidden_size, w.router.data.data(), ne, scores.data());
+  experts->resize(t * k);
+  weights->resize(t * k);
+  std::vector<float> biased(ne), group_score(groups);
+  std::vector<int32_t> order(std::max(ne, groups));
+  for (int64_t r = 0; r < t; ++r) {
+    float* s = scores.data() + r * ne;
+    for (int64_t e = 0; e < ne; ++e) {
+      s[e] = 1.0f / (1.0f + std::exp(-s[e]));  // sigmoid
+      biased[e] = s[e] + w.score_bias[e];       // the correction bias steers selection only
+    }
+    // Group score: the sum of the two best biased scores in the group; keep topk_group groups.
+    for (int64_t g = 0; g < groups; ++g) {
+      float b1 = -std::numeric_limits<float>::infinity(), b2 = b1;
+      for (int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+        if (biased[e] > b1) { b2 = b1; b1 = biased[e]; } else if (biased[e] > b2) { b2 = biased[e]; }
+      }
+      group_score[g] = groups > 1 ? b1 + b2 : 0.0f;
+    }
+    std::iota(order.begin(), order.begin() + groups, 0);
+    std::partial_sort(order.begin(), order.begin() + c.topk_group, order.begin() + groups,
+                      [&](int32_t a, int32_t b) { return group_score[a] > group_score[b]; });
+    std::vector<bool> keep(groups, false);
+    for (int64_t g = 0; g < c.topk_group; ++g) keep[order[g]] = true;
+    for (int64_t e = 0; e < ne; ++e) {
+      if (!keep[e / per_group]) biased[e] = -std::numeric_limits<float>::infinity();
+    }
+    std::iota(order.begin(), order.begin() + ne, 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.begin() + ne,
+                      [&](int32_t a, int32_t b) { return biased[a] > biased[b]; });
+    // Weights from the unbiased scores, optionally normalised, then scaled.
+    float sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += s[order[j]];
+    for (int64_t j = 0; j < k; ++j) {
+      float wj = s[order[j]];
+      if (c.norm_topk_prob) wj /= (sum + 1e-20f);
+      (*experts)[r * k + j] = order[j];
+      (*weights)[r * k + j] = wj * static_cast<float>(c.routed_scaling_factor);
+    }
+  }
+}
+
+void DeepseekV3Model::Moe(const MoeWeights& w, const float* h, int64_t t, float* x) const {
+  const ModelConfig& c = config_;
+  const int64_t hd = c.hidden_size, k = c.num_experts_per_tok, inter = c.moe_intermediate_size;
+  std::vector<int32_t> chosen;
+  std::vector<float> chosen_w;
+  Route(w, h, t, &chosen, &chosen_w);
+  // Tokens grouped by expert, so each expert runs one matrix product over its tokens.
+  std::vector<std::vector<int64_t>> slots(c.n_routed_experts);  // entries index chosen[]
+  for (int64_t i = 0; i < t * k; ++i) slots[chosen[i]].push_back(i);
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    const std::vector<int64_t>& sl = slots[e];
+    if (sl.empty()) continue;
+    const int64_t m = static_cast<int64_t>(sl.size());
+    const MlpWeights& ew = w.experts[e];
+    std::vector<float> xin(m * hd), g(m * inter), u(m * inter), y(m * hd);
+    for (int64_t i = 0; i < m; ++i) std::copy_n(h + (sl[i] / k) * hd, hd, xin.data() + i * hd);
+    cpu::MatMulNT(xin.data(), m, hd, ew.gate.data.data(), inter, g.data());
+    cpu::MatMulNT(xin.data(), m, hd, ew.up.data.data(), inter, u.data());
+    cpu::SiluMul(g.data(), u.data(), m * inter, g.data());
+    cpu::MatMulNT(g.data(), m, inter, ew.down.data.data(), hd, y.data());
+    for (int64_t i = 0; i < m; ++i) cpu::Axpy(chosen_w[sl[i]], y.data() + i * hd, hd, x + (sl[i] / k) * hd);
+  }
+  if (w.has_shared) DenseMlp(w.shared, h, t, x);
+}
+
+}  // namespace r1
