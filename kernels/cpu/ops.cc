@@ -7,8 +7,17 @@
 
 #include "kernels/ops.h"
 
+// Compiled twice: for x86-64-v3 (AVX2 + FMA) and for the baseline; the loader picks the one the
+// processor supports (GCC function multi-versioning), so one binary runs everywhere.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define R1_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define R1_CPU_CLONES
+#endif
+
 namespace r1::cpu {
 
+R1_CPU_CLONES
 float Dot(const float* a, const float* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -20,6 +29,7 @@ float Dot(const float* a, const float* b, int64_t n) {
   return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+R1_CPU_CLONES
 void Axpy(float a, const float* x, int64_t n, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -54,8 +64,8 @@ inline void Dot4(const float* x0, const float* x1, const float* x2, const float*
   out[3] = s[3] + sum8(a3);
 }
 
-template <bool kAccumulate>
-void MatMulImpl(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
+R1_CPU_CLONES
+void MatMulImpl(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y, bool accumulate) {
   // Tiles of 64 weight rows x 4 activation rows: a tile of w stays in L1/L2 across the rows of x.
   constexpr int64_t kRowTile = 64;
   const int64_t n_tiles = (n + kRowTile - 1) / kRowTile;
@@ -71,7 +81,7 @@ void MatMulImpl(const float* x, int64_t m, int64_t k, const float* w, int64_t n,
         Dot4(x0, x0 + k, x0 + 2 * k, x0 + 3 * k, w + c * k, k, o);
         for (int j = 0; j < 4; ++j) {
           float& dst = y[(r + j) * n + c];
-          dst = kAccumulate ? dst + o[j] : o[j];
+          dst = accumulate ? dst + o[j] : o[j];
         }
       }
     }
@@ -79,7 +89,7 @@ void MatMulImpl(const float* x, int64_t m, int64_t k, const float* w, int64_t n,
       for (int64_t c = n0; c < n1; ++c) {
         const float v = Dot(x + r * k, w + c * k, k);
         float& dst = y[r * n + c];
-        dst = kAccumulate ? dst + v : v;
+        dst = accumulate ? dst + v : v;
       }
     }
   }
@@ -88,11 +98,11 @@ void MatMulImpl(const float* x, int64_t m, int64_t k, const float* w, int64_t n,
 }  // namespace
 
 void MatMulNT(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
-  MatMulImpl<false>(x, m, k, w, n, y);
+  MatMulImpl(x, m, k, w, n, y, false);
 }
 
 void MatMulNTAccumulate(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
-  MatMulImpl<true>(x, m, k, w, n, y);
+  MatMulImpl(x, m, k, w, n, y, true);
 }
 
 void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t stride, const float* weight, float eps,

@@ -60,6 +60,7 @@ struct Case {
   std::string model, form;
   std::string dir() const { return model + "-" + form; }
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.dir(); }
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   std::string s = info.param.model + "_" + info.param.form;
   std::replace(s.begin(), s.end(), '-', '_');
