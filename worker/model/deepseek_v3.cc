@@ -72,12 +72,44 @@ class LoadProgress {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& model_dir) {
+absl::Status DeepseekV3Model::CheckLayout(const ModelConfig& c, int world) {
+  if (world < 1) return absl::InvalidArgumentError(absl::StrCat("world size ", world, " must be at least 1"));
+  auto need = [&](const char* what, int64_t value) -> absl::Status {
+    if (value % world == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("cannot split the model over ", world, " workers: ", what, " = ",
+                                                   value, " is not divisible by ", world));
+  };
+  R1_RETURN_IF_ERROR(need("num_attention_heads", c.num_attention_heads));
+  R1_RETURN_IF_ERROR(need("vocab_size", c.vocab_size));
+  if (c.first_k_dense_replace > 0) R1_RETURN_IF_ERROR(need("intermediate_size", c.intermediate_size));
+  if (c.n_routed_experts > 0) {
+    R1_RETURN_IF_ERROR(need("n_routed_experts", c.n_routed_experts));
+    R1_RETURN_IF_ERROR(need("moe_intermediate_size * n_shared_experts", c.moe_intermediate_size * c.n_shared_experts));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& model_dir,
+                                                                       const ParallelLayout& layout,
+                                                                       Communicator* comm) {
   auto model = std::unique_ptr<DeepseekV3Model>(new DeepseekV3Model());
   R1_ASSIGN_OR_RETURN(model->config_, LoadModelConfig(model_dir));
+  const ModelConfig& c = model->config_;
+  R1_RETURN_IF_ERROR(CheckLayout(c, layout.world_size));
+  if (layout.rank < 0 || layout.rank >= layout.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", layout.rank, " outside [0, ", layout.world_size, ")"));
+  }
+  if (layout.world_size > 1 && (comm == nullptr || comm->world_size() != layout.world_size ||
+                                comm->rank() != layout.rank)) {
+    return absl::InvalidArgumentError("a multi-rank layout needs a communicator of the same rank and size");
+  }
+  model->layout_ = layout;
+  model->comm_ = layout.world_size > 1 ? comm : nullptr;
+  model->local_heads_ = c.num_attention_heads / layout.world_size;
+  ShardRange(c.n_routed_experts, layout, &model->expert_begin_, &model->expert_end_);
+  ShardRange(c.vocab_size, layout, &model->vocab_begin_, &model->vocab_end_);
   R1_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(model_dir));
   R1_RETURN_IF_ERROR(model->LoadWeights(*ckpt));
-  const ModelConfig& c = model->config_;
   model->inv_freq_ = RopeInverseFrequencies(c);
   model->rope_factor_ = static_cast<float>(c.rope_attention_factor());
   model->softmax_scale_ = static_cast<float>(c.softmax_scale());
@@ -86,8 +118,9 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
 
 absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
   const ModelConfig& c = config_;
-  const int64_t h = c.hidden_size, nh = c.num_attention_heads;
-  const int64_t qk = c.qk_head_dim(), kvr = c.kv_lora_rank;
+  const int64_t h = c.hidden_size, nh = c.num_attention_heads, w = layout_.world_size;
+  const int64_t qk = c.qk_head_dim(), kvr = c.kv_lora_rank, kvb = c.qk_nope_head_dim + c.v_head_dim;
+  const int64_t h0 = layout_.rank * local_heads_, h1 = h0 + local_heads_;  // this rank's heads
   // Only the main layers: the MTP layer (index num_hidden_layers) is not read.
   size_t total = 0;
   for (const auto& name : ckpt.Names()) {
@@ -97,34 +130,41 @@ absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
     }
     if (!mtp) total += ckpt.Get(name)->nbytes;
   }
+  // Progress counts checkpoint bytes passed over (read, sliced or skipped as another rank's).
   LoadProgress progress(total);
   std::string stage = "embedding";
-  // Checkpoint bytes of a tensor and of its FP8 scales, for the progress line.
   auto file_bytes = [&](const std::string& name) {
-    size_t b = ckpt.Get(name)->nbytes;
+    auto t = ckpt.Get(name);
+    size_t b = t.ok() ? t->nbytes : 0;
     const std::string scales = name.substr(0, name.rfind(".weight")) + ".weight_scale_inv";
     if (name.ends_with(".weight") && ckpt.Has(scales)) b += ckpt.Get(scales)->nbytes;
     return b;
   };
-  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, Matrix* out) -> absl::Status {
-    R1_ASSIGN_OR_RETURN(*out, LoadMatrix(ckpt, c, name, rows, cols));
-    weight_bytes_ += out->bytes();
+  // A matrix, whole (replicated) or a row / column slice (sharded).
+  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, Matrix* out, Range r = {},
+                    Range col = {}) -> absl::Status {
+    R1_ASSIGN_OR_RETURN(*out, LoadMatrix(ckpt, c, name, rows, cols, r, col));
+    // A tensor read by range is split across ranks (each holds a different part), even at W = 1.
+    const bool sharded = r.end != -1 || col.end != -1;
+    (sharded ? sharded_bytes_ : replicated_bytes_) += out->bytes();
     progress.Add(file_bytes(name), stage);
     return absl::OkStatus();
   };
   auto vector = [&](const std::string& name, int64_t size, std::vector<float>* out) -> absl::Status {
     R1_ASSIGN_OR_RETURN(*out, LoadVector(ckpt, name, size));
-    weight_bytes_ += out->size() * sizeof(float);
+    replicated_bytes_ += out->size() * sizeof(float);
     progress.Add(file_bytes(name), stage);
     return absl::OkStatus();
   };
-  auto mlp = [&](const std::string& prefix, int64_t inter, MlpWeights* w) -> absl::Status {
-    R1_RETURN_IF_ERROR(matrix(prefix + "gate_proj.weight", inter, h, &w->gate));
-    R1_RETURN_IF_ERROR(matrix(prefix + "up_proj.weight", inter, h, &w->up));
-    return matrix(prefix + "down_proj.weight", h, inter, &w->down);
+  // An MLP split on its intermediate dimension: gate/up rows and down columns [begin, end).
+  auto mlp = [&](const std::string& prefix, int64_t inter, int64_t parts, MlpWeights* m) -> absl::Status {
+    const int64_t per = inter / parts, b = per * (parts == 1 ? 0 : layout_.rank);
+    R1_RETURN_IF_ERROR(matrix(prefix + "gate_proj.weight", inter, h, &m->gate, {b, b + per}));
+    R1_RETURN_IF_ERROR(matrix(prefix + "up_proj.weight", inter, h, &m->up, {b, b + per}));
+    return matrix(prefix + "down_proj.weight", h, inter, &m->down, {}, {b, b + per});
   };
 
-  R1_RETURN_IF_ERROR(matrix("model.embed_tokens.weight", c.vocab_size, h, &embed_));
+  R1_RETURN_IF_ERROR(matrix("model.embed_tokens.weight", c.vocab_size, h, &embed_, {vocab_begin_, vocab_end_}));
   layers_.resize(c.num_hidden_layers);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     stage = absl::StrCat("layer ", i);
@@ -137,25 +177,33 @@ absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
       if (c.q_lora_rank) {
         R1_RETURN_IF_ERROR(matrix(a + "q_a_proj.weight", *c.q_lora_rank, h, &L.attn.q_a));
         R1_RETURN_IF_ERROR(vector(a + "q_a_layernorm.weight", *c.q_lora_rank, &L.attn.q_a_norm));
-        R1_RETURN_IF_ERROR(matrix(a + "q_b_proj.weight", nh * qk, *c.q_lora_rank, &L.attn.q_b));
+        R1_RETURN_IF_ERROR(matrix(a + "q_b_proj.weight", nh * qk, *c.q_lora_rank, &L.attn.q_b, {h0 * qk, h1 * qk}));
       } else {
-        R1_RETURN_IF_ERROR(matrix(a + "q_proj.weight", nh * qk, h, &L.attn.q));
+        R1_RETURN_IF_ERROR(matrix(a + "q_proj.weight", nh * qk, h, &L.attn.q, {h0 * qk, h1 * qk}));
       }
       R1_RETURN_IF_ERROR(matrix(a + "kv_a_proj_with_mqa.weight", kvr + c.qk_rope_head_dim, h, &L.attn.kv_a));
       R1_RETURN_IF_ERROR(vector(a + "kv_a_layernorm.weight", kvr, &L.attn.kv_a_norm));
-      R1_RETURN_IF_ERROR(matrix(a + "kv_b_proj.weight", nh * (c.qk_nope_head_dim + c.v_head_dim), kvr, &L.attn.kv_b));
-      R1_RETURN_IF_ERROR(matrix(a + "o_proj.weight", h, nh * c.v_head_dim, &L.attn.o));
+      R1_RETURN_IF_ERROR(matrix(a + "kv_b_proj.weight", nh * kvb, kvr, &L.attn.kv_b, {h0 * kvb, h1 * kvb}));
+      R1_RETURN_IF_ERROR(matrix(a + "o_proj.weight", h, nh * c.v_head_dim, &L.attn.o, {},
+                                {h0 * c.v_head_dim, h1 * c.v_head_dim}));
       L.is_moe = c.is_moe_layer(i);
-      if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, &L.mlp);
+      if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, w, &L.mlp);
       R1_RETURN_IF_ERROR(matrix(p + "mlp.gate.weight", c.n_routed_experts, h, &L.moe.router));
       R1_RETURN_IF_ERROR(vector(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts, &L.moe.score_bias));
-      L.moe.experts.resize(c.n_routed_experts);
+      L.moe.experts.resize(expert_end_ - expert_begin_);
       for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-        R1_RETURN_IF_ERROR(mlp(absl::StrCat(p, "mlp.experts.", e, "."), c.moe_intermediate_size, &L.moe.experts[e]));
+        const std::string ep = absl::StrCat(p, "mlp.experts.", e, ".");
+        if (e < expert_begin_ || e >= expert_end_) {  // another rank's expert: never touched
+          for (const char* m : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
+            progress.Add(file_bytes(ep + m), stage);
+          }
+          continue;
+        }
+        R1_RETURN_IF_ERROR(mlp(ep, c.moe_intermediate_size, 1, &L.moe.experts[e - expert_begin_]));
       }
       L.moe.has_shared = c.n_shared_experts > 0;
       if (L.moe.has_shared) {
-        R1_RETURN_IF_ERROR(mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, &L.moe.shared));
+        R1_RETURN_IF_ERROR(mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, w, &L.moe.shared));
       }
       return absl::OkStatus();
     }();
@@ -163,9 +211,11 @@ absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
   }
   stage = "final norm and lm_head";
   R1_RETURN_IF_ERROR(vector("model.norm.weight", h, &final_norm_));
-  R1_RETURN_IF_ERROR(matrix("lm_head.weight", c.vocab_size, h, &lm_head_));
-  R1_LOG(INFO) << "model loaded: " << c.num_hidden_layers << " layers, " << weight_bytes_ / 1e6
-               << " MB of float32 weights from " << ckpt.num_files() << " file(s) in " << ckpt.dir();
+  R1_RETURN_IF_ERROR(matrix("lm_head.weight", c.vocab_size, h, &lm_head_, {vocab_begin_, vocab_end_}));
+  R1_LOG(INFO) << "model loaded (rank " << layout_.rank << " of " << w << "): " << c.num_hidden_layers << " layers, "
+               << weight_bytes() / 1e6 << " MB of float32 weights (" << sharded_bytes_ / 1e6 << " MB sharded, "
+               << replicated_bytes_ / 1e6 << " MB replicated) from " << ckpt.num_files() << " file(s) in "
+               << ckpt.dir();
   return absl::OkStatus();
 }
 
@@ -200,6 +250,13 @@ absl::Status DeepseekV3Model::Validate(const std::vector<SequenceStep>& batch, c
   return absl::OkStatus();
 }
 
+absl::Status DeepseekV3Model::AddAllReduced(std::vector<float>& delta, std::vector<float>& x) const {
+  if (comm_ != nullptr) R1_RETURN_IF_ERROR(comm_->AllReduceSum(delta.data(), delta.size()));
+  for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+  std::fill(delta.begin(), delta.end(), 0.0f);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<std::vector<float>>> DeepseekV3Model::Forward(const std::vector<SequenceStep>& batch,
                                                                          PagedKvCache& cache, AttentionForm form) const {
   R1_RETURN_IF_ERROR(Validate(batch, cache));
@@ -216,42 +273,71 @@ absl::StatusOr<std::vector<std::vector<float>>> DeepseekV3Model::Forward(const s
   }
   const int64_t t = static_cast<int64_t>(ids.size());
 
-  std::vector<float> x(t * hd), h(t * hd);  // residual stream and normed input, [T, H]
-  for (int64_t r = 0; r < t; ++r) std::copy_n(embed_.row(ids[r]), hd, x.data() + r * hd);
+  // Residual stream x, normed input h and this rank's partial output delta, all [T, H].
+  std::vector<float> x(t * hd, 0.0f), h(t * hd), delta(t * hd, 0.0f);
+  // Vocabulary-parallel embedding: each rank fills the rows of its vocabulary slice.
+  for (int64_t r = 0; r < t; ++r) {
+    if (ids[r] >= vocab_begin_ && ids[r] < vocab_end_) std::copy_n(embed_.row(ids[r] - vocab_begin_), hd, delta.data() + r * hd);
+  }
+  R1_RETURN_IF_ERROR(AddAllReduced(delta, x));
 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = layers_[l];
     cpu::RmsNorm(x.data(), t, hd, hd, L.input_norm.data(), eps, h.data(), hd);
-    Attention(l, h.data(), batch, positions, cache, form, x.data());
+    Attention(l, h.data(), batch, positions, cache, form, delta.data());
+    R1_RETURN_IF_ERROR(AddAllReduced(delta, x));  // all-reduce 1: after o_proj
     cpu::RmsNorm(x.data(), t, hd, hd, L.post_attention_norm.data(), eps, h.data(), hd);
     if (L.is_moe) {
-      Moe(L.moe, h.data(), t, x.data());
+      Moe(L.moe, h.data(), t, delta.data());
     } else {
-      DenseMlp(L.mlp, h.data(), t, x.data());
+      DenseMlp(L.mlp, h.data(), t, delta.data());
     }
+    R1_RETURN_IF_ERROR(AddAllReduced(delta, x));  // all-reduce 2: routed + shared experts (or MLP)
   }
 
-  // Final norm and lm_head on the rows that need logits.
-  std::vector<std::vector<float>> logits(batch.size());
-  int64_t row = 0;
-  for (size_t s = 0; s < batch.size(); ++s) {
+  // Final norm and the vocabulary-parallel lm_head on the rows that need logits, then an
+  // all-gather of the W vocabulary slices.
+  std::vector<int64_t> rows_of;  // row index in x of each logits row, sequence by sequence
+  for (size_t s = 0, row = 0; s < batch.size(); ++s) {
     const int64_t n = static_cast<int64_t>(batch[s].tokens.size());
-    const int64_t first = batch[s].all_logits ? row : row + n - 1, rows = batch[s].all_logits ? n : 1;
-    std::vector<float> normed(rows * hd);
-    cpu::RmsNorm(x.data() + first * hd, rows, hd, hd, final_norm_.data(), eps, normed.data(), hd);
-    logits[s].resize(rows * c.vocab_size);
-    cpu::MatMulNT(normed.data(), rows, hd, lm_head_.data.data(), c.vocab_size, logits[s].data());
+    for (int64_t i = batch[s].all_logits ? 0 : n - 1; i < n; ++i) rows_of.push_back(static_cast<int64_t>(row) + i);
     row += n;
+  }
+  const int64_t nrows = static_cast<int64_t>(rows_of.size()), vl = vocab_end_ - vocab_begin_;
+  std::vector<float> normed(nrows * hd), local(nrows * vl);
+  for (int64_t i = 0; i < nrows; ++i) {
+    cpu::RmsNorm(x.data() + rows_of[i] * hd, 1, hd, hd, final_norm_.data(), eps, normed.data() + i * hd, hd);
+  }
+  cpu::MatMulNT(normed.data(), nrows, hd, lm_head_.data.data(), vl, local.data());
+  std::vector<float> gathered;
+  if (comm_ != nullptr) {
+    gathered.resize(local.size() * layout_.world_size);  // [W, rows, V / W]
+    R1_RETURN_IF_ERROR(comm_->AllGather(local.data(), local.size(), gathered.data()));
+  }
+  std::vector<std::vector<float>> logits(batch.size());
+  for (size_t s = 0, i = 0; s < batch.size(); ++s) {
+    const int64_t rows = batch[s].all_logits ? static_cast<int64_t>(batch[s].tokens.size()) : 1;
+    logits[s].resize(rows * c.vocab_size);
+    for (int64_t r = 0; r < rows; ++r, ++i) {
+      float* dst = logits[s].data() + r * c.vocab_size;
+      if (comm_ == nullptr) {
+        std::copy_n(local.data() + i * vl, vl, dst);
+      } else {
+        for (int w = 0; w < layout_.world_size; ++w) {
+          std::copy_n(gathered.data() + (w * nrows + static_cast<int64_t>(i)) * vl, vl, dst + w * vl);
+        }
+      }
+    }
   }
   return logits;
 }
 
 void DeepseekV3Model::Attention(int64_t layer, const float* h, const std::vector<SequenceStep>& batch,
                                 const std::vector<int64_t>& positions, PagedKvCache& cache, AttentionForm form,
-                                float* x) const {
+                                float* out_delta) const {
   const ModelConfig& c = config_;
   const MlaWeights& w = layers_[layer].attn;
-  const int64_t t = static_cast<int64_t>(positions.size()), hd = c.hidden_size, nh = c.num_attention_heads;
+  const int64_t t = static_cast<int64_t>(positions.size()), hd = c.hidden_size, nh = local_heads_;
   const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, qk = c.qk_head_dim(), vd = c.v_head_dim;
   const int64_t kvr = c.kv_lora_rank, lat = c.kv_latent_dim(), kvb_rows = nope + vd;
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -338,11 +424,11 @@ void DeepseekV3Model::Attention(int64_t layer, const float* h, const std::vector
     }
     row0 += n;
   }
-  cpu::MatMulNTAccumulate(out.data(), t, nh * vd, w.o.data.data(), hd, x);
+  cpu::MatMulNTAccumulate(out.data(), t, nh * vd, w.o.data.data(), hd, out_delta);
 }
 
 void DeepseekV3Model::DenseMlp(const MlpWeights& w, const float* h, int64_t t, float* x) const {
-  const int64_t hd = config_.hidden_size, inter = w.gate.rows;
+  const int64_t hd = config_.hidden_size, inter = w.gate.rows;  // this rank's intermediate slice
   std::vector<float> g(t * inter), u(t * inter);
   cpu::MatMulNT(h, t, hd, w.gate.data.data(), inter, g.data());
   cpu::MatMulNT(h, t, hd, w.up.data.data(), inter, u.data());
@@ -407,11 +493,11 @@ void DeepseekV3Model::Moe(const MoeWeights& w, const float* h, int64_t t, float*
   // Tokens grouped by expert, so each expert runs one matrix product over its tokens.
   std::vector<std::vector<int64_t>> slots(c.n_routed_experts);  // entries index chosen[]
   for (int64_t i = 0; i < t * k; ++i) slots[chosen[i]].push_back(i);
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+  for (int64_t e = expert_begin_; e < expert_end_; ++e) {  // this rank's experts only
     const std::vector<int64_t>& sl = slots[e];
     if (sl.empty()) continue;
     const int64_t m = static_cast<int64_t>(sl.size());
-    const MlpWeights& ew = w.experts[e];
+    const MlpWeights& ew = w.experts[e - expert_begin_];
     std::vector<float> xin(m * hd), g(m * inter), u(m * inter), y(m * hd);
     for (int64_t i = 0; i < m; ++i) std::copy_n(h + (sl[i] / k) * hd, hd, xin.data() + i * hd);
     cpu::MatMulNT(xin.data(), m, hd, ew.gate.data.data(), inter, g.data());

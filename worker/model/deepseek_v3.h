@@ -13,6 +13,7 @@
 #include "common/safetensors.h"
 #include "worker/kv_cache.h"
 #include "worker/model/weights.h"
+#include "worker/parallel/communicator.h"
 
 namespace r1 {
 
@@ -49,7 +50,7 @@ struct MlaWeights {
 struct MoeWeights {
   Matrix router;                  // [E, H]
   std::vector<float> score_bias;  // [E] e_score_correction_bias: selection only
-  std::vector<MlpWeights> experts;
+  std::vector<MlpWeights> experts;  // this rank's experts, expert_begin_ first
   bool has_shared = false;
   MlpWeights shared;  // intermediate moe_intermediate_size * n_shared_experts
 };
@@ -64,18 +65,30 @@ struct LayerWeights {
 
 class DeepseekV3Model {
  public:
-  // Loads DIR/config.json and the weights (FP8 dequantised to float32), logging progress.
-  static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& model_dir);
+  // Loads DIR/config.json and this rank's share of the weights (FP8 dequantised to float32),
+  // logging progress. With layout.world_size W > 1, `comm` connects the W ranks (it must outlive
+  // the model) and each rank reads only its slices: NH/W heads, 1/W of the dense and shared-expert
+  // intermediate columns, E/W routed experts, V/W vocabulary rows. A layout that does not divide
+  // evenly is an error naming the dimension.
+  static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& model_dir,
+                                                               const ParallelLayout& layout = {},
+                                                               Communicator* comm = nullptr);
+  // Checks that `config` can be split W ways.
+  static absl::Status CheckLayout(const ModelConfig& config, int world_size);
 
   // Runs one step for a batch of sequences: writes their new latents into `cache` and returns,
   // per sequence, logits [rows, vocab] flattened (rows = tokens.size() if all_logits, else 1).
+  // Every rank calls it with the same batch (collectives inside); every rank gets all logits.
   absl::StatusOr<std::vector<std::vector<float>>> Forward(const std::vector<SequenceStep>& batch,
                                                           PagedKvCache& cache,
                                                           AttentionForm form = AttentionForm::kAuto) const;
 
   const ModelConfig& config() const { return config_; }
-  // Resident float32 weight bytes.
-  size_t weight_bytes() const { return weight_bytes_; }
+  // Resident float32 weight bytes: all, those split across ranks, those every rank holds.
+  size_t weight_bytes() const { return sharded_bytes_ + replicated_bytes_; }
+  size_t sharded_bytes() const { return sharded_bytes_; }
+  size_t replicated_bytes() const { return replicated_bytes_; }
+  const ParallelLayout& layout() const { return layout_; }
   // The rotary inverse frequencies (qk_rope_head_dim / 2), YaRN applied.
   const std::vector<float>& inv_freq() const { return inv_freq_; }
 
@@ -84,26 +97,33 @@ class DeepseekV3Model {
   absl::Status LoadWeights(const Checkpoint& ckpt);
   absl::Status Validate(const std::vector<SequenceStep>& batch, const PagedKvCache& cache) const;
 
-  // x [T, H] += attention(h [T, H]) for layer `layer`.
+  // x [T, H] += sum over ranks of delta [T, H]; delta is consumed.
+  absl::Status AddAllReduced(std::vector<float>& delta, std::vector<float>& x) const;
+  // out [T, H] += this rank's share of attention(h [T, H]) for layer `layer`.
   void Attention(int64_t layer, const float* h, const std::vector<SequenceStep>& batch,
                  const std::vector<int64_t>& positions, PagedKvCache& cache, AttentionForm form, float* x) const;
-  // x [T, H] += mlp(h)
-  void DenseMlp(const MlpWeights& w, const float* h, int64_t t, float* x) const;
-  // x [T, H] += moe(h)
-  void Moe(const MoeWeights& w, const float* h, int64_t t, float* x) const;
+  // out [T, H] += this rank's share of mlp(h)
+  void DenseMlp(const MlpWeights& w, const float* h, int64_t t, float* out) const;
+  // out [T, H] += this rank's share of moe(h): its routed experts and its shared-expert slice
+  void Moe(const MoeWeights& w, const float* h, int64_t t, float* out) const;
   // For each of T tokens: the chosen experts [T, topk] and their weights [T, topk].
   void Route(const MoeWeights& w, const float* h, int64_t t, std::vector<int32_t>* experts,
              std::vector<float>* weights) const;
 
   ModelConfig config_;
+  ParallelLayout layout_;
+  Communicator* comm_ = nullptr;
+  int64_t local_heads_ = 0;          // NH / W
+  int64_t expert_begin_ = 0, expert_end_ = 0;  // routed experts held here
+  int64_t vocab_begin_ = 0, vocab_end_ = 0;    // vocabulary rows held here
   std::vector<float> inv_freq_;
   float rope_factor_ = 1.0f;
   float softmax_scale_ = 1.0f;
-  Matrix embed_;                   // [V, H]
+  Matrix embed_;                   // [V / W, H]
   std::vector<LayerWeights> layers_;
   std::vector<float> final_norm_;  // [H]
-  Matrix lm_head_;                 // [V, H]
-  size_t weight_bytes_ = 0;
+  Matrix lm_head_;                 // [V / W, H]
+  size_t sharded_bytes_ = 0, replicated_bytes_ = 0;
 };
 
 // The YaRN (or plain) rotary inverse frequencies of a config, computed as transformers does.
