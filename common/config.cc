@@ -173,7 +173,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
     const json& rs = j[rope_field];
     if (!rs.is_object()) return r.Error(rope_field, "must be an object or null");
     Reader rr(rs, absl::StrCat(source, ": ", rope_field));
-    std::string type = rs.contains("rope_type") ? rs.value("rope_type", "") : rs.value("type", "");
+    const char* type_field = rs.contains("rope_type") ? "rope_type" : "type";
+    if (rs.contains(type_field) && !rs[type_field].is_string()) return rr.Error(type_field, "must be a string");
+    std::string type = rs.value(type_field, "");
     if (type == "yarn") {
       YarnScaling y;
       R1_ASSIGN_OR_RETURN(y.factor, rr.Num("factor", 1.0));

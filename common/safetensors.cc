@@ -193,8 +193,13 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
         ck->by_name_[n] = &t->second;
       }
       for (const auto& [n, v] : (*f)->tensors()) {
-        if (!ck->by_name_.count(n)) {
+        auto listed = j["weight_map"].find(n);
+        if (listed == j["weight_map"].end()) {
           return absl::DataLossError(absl::StrCat(path, ": tensor ", n, ": in the shard but not in ", index_path));
+        }
+        if (listed->get<std::string>() != file) {
+          return absl::DataLossError(absl::StrCat(path, ": tensor ", n, ": in the shard but ", index_path,
+                                                  " places it in ", listed->get<std::string>()));
         }
       }
       ck->files_.push_back(std::move(*f));

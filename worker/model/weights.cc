@@ -40,11 +40,18 @@ absl::StatusOr<Matrix> LoadMatrix(const Checkpoint& ckpt, const ModelConfig& con
     const uint8_t* src = t.data + ((row_range.begin + r) * cols + col_range.begin) * esize;
     ConvertToFloat(t.dtype, src, static_cast<size_t>(m.cols), m.data.data() + r * m.cols);
   }
-  if (t.dtype != DType::kF8E4M3) return m;
-
-  // FP8: multiply by the block scales.
   const std::string base = name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
   const std::string scale_name = base + ".weight_scale_inv";
+  if (t.dtype != DType::kF8E4M3) {
+    // Scales beside an unquantised weight would be silently ignored: a mixed-up checkpoint.
+    if (ckpt.Has(scale_name)) {
+      return absl::FailedPreconditionError(absl::StrCat(t.file, ": tensor ", name, ": dtype ", DTypeName(t.dtype),
+                                                        " but ", scale_name, " exists (expected F8_E4M3)"));
+    }
+    return m;
+  }
+
+  // FP8: multiply by the block scales.
   if (!config.fp8) {
     return absl::FailedPreconditionError(absl::StrCat(t.file, ": tensor ", name,
                                                       ": FP8 weight but config.json has no fp8 quantization_config"));
@@ -52,7 +59,7 @@ absl::StatusOr<Matrix> LoadMatrix(const Checkpoint& ckpt, const ModelConfig& con
   const int64_t br = config.fp8->block_rows, bc = config.fp8->block_cols;
   const int64_t srows = (rows + br - 1) / br, scols = (cols + bc - 1) / bc;
   auto s = ckpt.Get(scale_name, {srows, scols});
-  if (!s.ok()) return Annotate(s.status(), absl::StrCat("scales of FP8 tensor ", name));
+  if (!s.ok()) return Annotate(s.status(), absl::StrCat(t.file, ": scales of FP8 tensor ", name));
   if (s->dtype != DType::kF32 && s->dtype != DType::kBF16) {
     return absl::FailedPreconditionError(
         absl::StrCat(s->file, ": tensor ", scale_name, ": dtype ", DTypeName(s->dtype), ", expected F32 or BF16"));
