@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/info.h"
+#include "cli/tokenize.h"
 #include "common/status.h"
 #include "worker/generate.h"
 #include "worker/model/deepseek_v3.h"
@@ -129,9 +130,30 @@ int main(int argc, char** argv) {
   generate->add_option("--seed", gen.sampling.seed, "Random seed")->default_val(0);
   generate->add_flag("!--no-eos-stop", gen.stop_at_eos, "Keep generating after the EOS token");
 
+  std::string text;
+  bool parse_special = false, skip_special = false;
+  auto* tokenize = app.add_subcommand("tokenize", "Print the token ids and pieces of a text");
+  tokenize->add_option("--model", model_dir, "Model folder (tokenizer.json, tokenizer_config.json)")->required();
+  tokenize->add_flag("--special", parse_special, "Parse control tokens such as <｜User｜> in the text (off: plain text)");
+  tokenize->add_option("text", text, "The text; - reads stdin")->required();
+
+  auto* detokenize = app.add_subcommand("detokenize", "Print the text of token ids");
+  detokenize->add_option("--model", model_dir, "Model folder")->required();
+  detokenize->add_option("--tokens", tokens, "Comma-separated token ids")->required();
+  detokenize->add_flag("--skip-special", skip_special, "Leave out special tokens (BOS, EOS, ...)");
+
   CLI11_PARSE(app, argc, argv);
   if (info->parsed()) return r1::RunInfo(model_dir);
   if (logits->parsed()) return r1::RunLogits(model_dir, tokens, out_path);
   if (generate->parsed()) return r1::RunGenerate(model_dir, tokens, gen);
+  if (tokenize->parsed()) {
+    const absl::Status s = r1::RunTokenize(model_dir, text, parse_special);
+    return s.ok() ? 0 : r1::Fail(s);
+  }
+  if (detokenize->parsed()) {
+    auto ids = r1::ParseTokens(tokens);
+    const absl::Status s = ids.ok() ? r1::RunDetokenize(model_dir, *ids, skip_special) : ids.status();
+    return s.ok() ? 0 : r1::Fail(s);
+  }
   return 1;
 }
