@@ -36,3 +36,12 @@ float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, int64_t n, float* y);
 
 }  // namespace r1::cpu
+
+namespace r1::cpu {
+
+// Per-token FP8 quantisation of activations, as DeepSeek's inference does before an FP8 GEMM:
+// x [m, k] → q [m, k] (e4m3 codes) and scales [m, ceil(k/128)] with x ≈ q * scale for each
+// 1×128 group (scale = amax / 448; an all-zero group gets scale 1).
+void QuantizeFp8PerToken128(const float* x, int64_t m, int64_t k, uint8_t* q, float* scales);
+
+}  // namespace r1::cpu

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/dtype.h"
 #include "kernels/ops.h"
 
 // Compiled twice: for x86-64-v3 (AVX2 + FMA) and for the baseline; the loader picks the one the
@@ -153,6 +154,24 @@ void Softmax(float* x, int64_t n) {
   }
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace r1::cpu
+
+namespace r1::cpu {
+
+void QuantizeFp8PerToken128(const float* x, int64_t m, int64_t k, uint8_t* q, float* scales) {
+  const int64_t groups = (k + 127) / 128;
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t c0 = g * 128, c1 = std::min(k, c0 + 128);
+      float amax = 0;
+      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[r * k + c]));
+      const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+      scales[r * groups + g] = scale;
+      for (int64_t c = c0; c < c1; ++c) q[r * k + c] = FloatToFp8E4M3(x[r * k + c] / scale);
+    }
+  }
 }
 
 }  // namespace r1::cpu

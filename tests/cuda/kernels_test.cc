@@ -9,6 +9,9 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/mla_decode.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/ops.h"
 
@@ -71,6 +74,329 @@ TEST(CudaKernels, RmsNormRejectsBadShapes) {
   EXPECT_FALSE(cuda::RmsNorm({fake, w, fake, 2, 0, 0, 0, 1e-6f}, nullptr).ok());
   EXPECT_FALSE(cuda::RmsNorm({fake, w, fake, 2, 8, 4, 8, 1e-6f}, nullptr).ok());
   EXPECT_FALSE(cuda::RmsNorm({nullptr, w, fake, 2, 8, 8, 8, 1e-6f}, nullptr).ok());
+}
+
+// Random e4m3 weight [n, k] with power-of-two block scales, as the checkpoints hold.
+struct Fp8Weight {
+  std::vector<uint8_t> q;
+  std::vector<float> scales, deq;  // [nb, kb], [n, k]
+};
+Fp8Weight RandomFp8Weight(int64_t n, int64_t k, std::mt19937_64& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t nb = (n + 127) / 128, kb = (k + 127) / 128;
+  Fp8Weight w;
+  w.q.resize(n * k);
+  w.scales.resize(nb * kb);
+  w.deq.resize(n * k);
+  for (float& s : w.scales) s = std::ldexp(1.0f, static_cast<int>(rng() % 8) - 12);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c) {
+      w.q[r * k + c] = FloatToFp8E4M3(nd(rng) * 100.0f);
+      w.deq[r * k + c] = Fp8E4M3ToFloat(w.q[r * k + c]) * w.scales[(r / 128) * kb + c / 128];
+    }
+  return w;
+}
+
+TEST(CudaKernels, QuantizeAndFp8GemmMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  auto runner = cuda::GemmRunner::Create();
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  std::mt19937_64 rng(2);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t shapes[][2] = {{64, 48}, {160, 2048}, {576, 1024}, {2048, 512}, {200, 7168}};
+  for (int64_t m : {1, 3, 63, 200}) {
+    for (const auto& nk : shapes) {
+      const int64_t n = nk[0], k = nk[1], groups = (k + 127) / 128;
+      std::vector<uint16_t> xb(m * k);
+      std::vector<float> x(m * k);
+      for (size_t i = 0; i < x.size(); ++i) {
+        xb[i] = FloatToBf16(nd(rng) * (i % 97 == 0 ? 20.0f : 1.0f));  // outliers, as activations have
+        x[i] = Bf16ToFloat(xb[i]);
+      }
+      Fp8Weight w = RandomFp8Weight(n, k, rng);
+      // CPU: quantise, dequantise, exact product in double.
+      std::vector<uint8_t> xq(m * k);
+      std::vector<float> xs(m * groups);
+      cpu::QuantizeFp8PerToken128(x.data(), m, k, xq.data(), xs.data());
+      std::vector<double> want(m * n);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0;
+          for (int64_t c = 0; c < k; ++c) {
+            acc += static_cast<double>(Fp8E4M3ToFloat(xq[i * k + c])) * xs[i * groups + c / 128] * w.deq[j * k + c];
+          }
+          want[i * n + j] = acc;
+        }
+      const int64_t mp = cuda::Fp8PaddedRows(m);
+      DeviceBuffer<__nv_bfloat16> dx(m * k), dy(mp * n);
+      DeviceBuffer<__nv_fp8_e4m3> dxq(mp * k), dw(n * k);
+      DeviceBuffer<float> dxs(mp * groups), dws(w.scales.size());
+      cudaMemcpy(dx.ptr, xb.data(), xb.size() * 2, cudaMemcpyHostToDevice);
+      cudaMemcpy(dw.ptr, w.q.data(), w.q.size(), cudaMemcpyHostToDevice);
+      cudaMemcpy(dws.ptr, w.scales.data(), w.scales.size() * 4, cudaMemcpyHostToDevice);
+      ASSERT_TRUE(cuda::QuantizeFp8PerToken128({dx.ptr, dxq.ptr, dxs.ptr, m, k}, nullptr).ok());
+      // The quantiser must reproduce the CPU codes and scales exactly.
+      std::vector<uint8_t> gq(m * k);
+      std::vector<float> gs(mp * groups);
+      cudaMemcpy(gq.data(), dxq.ptr, gq.size(), cudaMemcpyDeviceToHost);
+      cudaMemcpy(gs.data(), dxs.ptr, gs.size() * 4, cudaMemcpyDeviceToHost);
+      int64_t code_mismatch = 0, scale_mismatch = 0;
+      for (int64_t i = 0; i < m * k; ++i) code_mismatch += gq[i] != xq[i];
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t g = 0; g < groups; ++g) scale_mismatch += gs[g * mp + i] != xs[i * groups + g];
+      for (int64_t i = m; i < mp; ++i) scale_mismatch += gs[i] != 1.0f;  // padding rows
+      EXPECT_EQ(code_mismatch, 0) << "m=" << m << " k=" << k;
+      EXPECT_EQ(scale_mismatch, 0) << "m=" << m << " k=" << k;
+      auto gemm = [&]() -> double {
+        absl::Status st = (*runner)->Fp8({dxq.ptr, dxs.ptr, dw.ptr, dws.ptr, dy.ptr, m, n, k}, nullptr);
+        EXPECT_TRUE(st.ok()) << st;
+        std::vector<uint16_t> got(m * n);
+        EXPECT_EQ(cudaMemcpy(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < m * n; ++i) {
+          const double d = Bf16ToFloat(got[i]) - want[i];
+          num += d * d;
+          den += want[i] * want[i];
+        }
+        return std::sqrt(num / std::max(den, 1e-30));
+      };
+      const double err = gemm();
+      std::printf("[ cuda ] fp8 gemm m=%ld n=%ld k=%ld rel L2 %.3g\n", static_cast<long>(m), static_cast<long>(n),
+                  static_cast<long>(k), err);
+      // bf16 output rounding (2^-9) dominates; fp32 accumulation adds little.
+      EXPECT_LE(err, 1e-2) << "m=" << m << " n=" << n << " k=" << k;
+    }
+  }
+}
+
+TEST(CudaKernels, Bf16GemmMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto runner = cuda::GemmRunner::Create();
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t m : {1, 3, 63}) {
+    for (int64_t n : {8, 1024, 1032}) {
+      for (int64_t k : {8, 192, 7168}) {
+        std::vector<uint16_t> xb(m * k), wb(n * k);
+        std::vector<float> x(m * k), w(n * k), want(m * n);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = Bf16ToFloat(xb[i] = FloatToBf16(nd(rng)));
+        for (size_t i = 0; i < w.size(); ++i) w[i] = Bf16ToFloat(wb[i] = FloatToBf16(nd(rng)));
+        cpu::MatMulNT(x.data(), m, k, w.data(), n, want.data());
+        DeviceBuffer<__nv_bfloat16> dx(m * k), dw(n * k), dy(m * n);
+        cudaMemcpy(dx.ptr, xb.data(), xb.size() * 2, cudaMemcpyHostToDevice);
+        cudaMemcpy(dw.ptr, wb.data(), wb.size() * 2, cudaMemcpyHostToDevice);
+        absl::Status st = (*runner)->Bf16({dx.ptr, dw.ptr, dy.ptr, m, n, k}, nullptr);
+        ASSERT_TRUE(st.ok()) << st;
+        std::vector<uint16_t> got(m * n);
+        ASSERT_EQ(cudaMemcpy(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+        std::vector<float> gotf(m * n);
+        for (size_t i = 0; i < got.size(); ++i) gotf[i] = Bf16ToFloat(got[i]);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < gotf.size(); ++i) {
+          num += (gotf[i] - want[i]) * (gotf[i] - want[i]);
+          den += want[i] * want[i];
+        }
+        const double err = std::sqrt(num / den);
+        EXPECT_LE(err, 1e-2) << "m=" << m << " n=" << n << " k=" << k;
+        std::printf("[ cuda ] bf16 gemm m=%ld n=%ld k=%ld rel L2 %.3g\n", static_cast<long>(m), static_cast<long>(n),
+                    static_cast<long>(k), err);
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, GemmRejectsMisalignedShapes) {
+  // Checked before any device call.
+  cuda::GemmRunner* none = nullptr;
+  (void)none;
+  auto* p8 = reinterpret_cast<__nv_fp8_e4m3*>(256);
+  auto* pf = reinterpret_cast<float*>(256);
+  auto* pb = reinterpret_cast<__nv_bfloat16*>(256);
+  if (!HaveGpu()) GTEST_SKIP() << "GemmRunner needs a device to create";
+  auto runner = cuda::GemmRunner::Create();
+  ASSERT_TRUE(runner.ok());
+  absl::Status s = (*runner)->Fp8({p8, pf, p8, pf, pb, 4, 64, 40}, nullptr);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("k=40"), std::string::npos) << s;
+  EXPECT_FALSE((*runner)->Fp8({p8, pf, p8, pf, pb, 4, 60, 64}, nullptr).ok());
+  EXPECT_FALSE((*runner)->Bf16({pb, pb, pb, 0, 64, 64}, nullptr).ok());
+}
+
+template <typename T>
+DeviceBuffer<T>* Upload(const std::vector<T>& v) {
+  auto* b = new DeviceBuffer<T>(std::max<size_t>(v.size(), 1));
+  cudaMemcpy(b->ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return b;
+}
+template <typename T>
+std::vector<T> Download(const T* ptr, size_t n) {
+  std::vector<T> v(n);
+  EXPECT_EQ(cudaMemcpy(v.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return v;
+}
+
+TEST(CudaKernels, RopeSwigluEmbeddingArgmaxMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(4);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  // Rope: 3 tokens x 128 heads of a 192-wide head whose last 64 values rotate.
+  for (bool interleave : {true, false}) {
+    const int64_t tokens = 3, heads = 128, stride = 192, dim = 64;
+    std::vector<uint16_t> xb(tokens * heads * stride);
+    std::vector<float> x(xb.size());
+    for (size_t i = 0; i < xb.size(); ++i) x[i] = Bf16ToFloat(xb[i] = FloatToBf16(nd(rng)));
+    std::vector<int64_t> pos = {0, 17, 4095};
+    std::vector<float> inv(dim / 2);
+    for (int64_t i = 0; i < dim / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / dim);
+    cpu::ApplyRope(x.data() + 128, tokens * heads, heads, dim, stride, pos.data(), inv.data(), 1.25f, interleave);
+    std::unique_ptr<DeviceBuffer<uint16_t>> dx(Upload(xb));
+    std::unique_ptr<DeviceBuffer<int64_t>> dp(Upload(pos));
+    std::unique_ptr<DeviceBuffer<float>> di(Upload(inv));
+    auto* xp = reinterpret_cast<__nv_bfloat16*>(dx->ptr);
+    ASSERT_TRUE(cuda::Rope({xp + 128, tokens * heads, heads, dim, stride, dp->ptr, di->ptr, 1.25f, interleave}, nullptr).ok());
+    auto got = Download(dx->ptr, xb.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(Bf16ToFloat(got[i]) - x[i]) / (std::fabs(x[i]) + 0.1));
+    EXPECT_LE(worst, 2.0 / 256) << "interleave " << interleave;
+    std::printf("[ cuda ] rope interleave=%d worst rel err %.3g\n", interleave, worst);
+  }
+  // SwiGLU on [63, 2048 + 2048] fused gate|up rows.
+  {
+    const int64_t rows = 63, cols = 2048;
+    std::vector<uint16_t> gu(rows * 2 * cols);
+    for (auto& v : gu) v = FloatToBf16(nd(rng) * 3);
+    std::vector<float> g(rows * cols), u(rows * cols), want(rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        g[r * cols + c] = Bf16ToFloat(gu[r * 2 * cols + c]);
+        u[r * cols + c] = Bf16ToFloat(gu[r * 2 * cols + cols + c]);
+      }
+    cpu::SiluMul(g.data(), u.data(), rows * cols, want.data());
+    std::unique_ptr<DeviceBuffer<uint16_t>> dgu(Upload(gu));
+    DeviceBuffer<__nv_bfloat16> out(rows * cols);
+    auto* base = reinterpret_cast<__nv_bfloat16*>(dgu->ptr);
+    ASSERT_TRUE(cuda::Swiglu({base, base + cols, out.ptr, rows, cols, 2 * cols, 2 * cols, cols}, nullptr).ok());
+    auto got = Download(reinterpret_cast<uint16_t*>(out.ptr), rows * cols);
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(Bf16ToFloat(got[i]) - want[i]) / (std::fabs(want[i]) + 0.1));
+    EXPECT_LE(worst, 2.0 / 256);
+    std::printf("[ cuda ] swiglu 63x2048 worst rel err %.3g\n", worst);
+  }
+  // Embedding: a vocabulary slice [100, 200) of a 7-wide table; ids outside give zeros.
+  {
+    const int64_t dim = 7, table_rows = 100, first = 100;
+    std::vector<uint16_t> table(table_rows * dim);
+    for (auto& v : table) v = FloatToBf16(nd(rng));
+    std::vector<int32_t> ids = {100, 5, 199, 200, 150};
+    std::unique_ptr<DeviceBuffer<uint16_t>> dt(Upload(table));
+    std::unique_ptr<DeviceBuffer<int32_t>> did(Upload(ids));
+    DeviceBuffer<__nv_bfloat16> out(ids.size() * dim);
+    ASSERT_TRUE(cuda::Embedding({reinterpret_cast<__nv_bfloat16*>(dt->ptr), did->ptr, out.ptr,
+                                 static_cast<int64_t>(ids.size()), dim, table_rows, first}, nullptr).ok());
+    auto got = Download(reinterpret_cast<uint16_t*>(out.ptr), ids.size() * dim);
+    for (size_t r = 0; r < ids.size(); ++r)
+      for (int64_t c = 0; c < dim; ++c) {
+        const bool in = ids[r] >= first && ids[r] < first + table_rows;
+        EXPECT_EQ(got[r * dim + c], in ? table[(ids[r] - first) * dim + c] : 0) << r << "," << c;
+      }
+  }
+  // Argmax with ties (lowest index wins) and a 129280-wide row.
+  {
+    const int64_t rows = 3, cols = 129280;
+    std::vector<float> logits(rows * cols);
+    for (auto& v : logits) v = nd(rng);
+    logits[0 * cols + 77] = 50;
+    logits[1 * cols + 129279] = 50;
+    logits[2 * cols + 1000] = 50;
+    logits[2 * cols + 90000] = 50;
+    std::unique_ptr<DeviceBuffer<float>> dl(Upload(logits));
+    DeviceBuffer<int32_t> ids(rows);
+    ASSERT_TRUE(cuda::Argmax({dl->ptr, ids.ptr, rows, cols}, nullptr).ok());
+    auto got = Download(ids.ptr, rows);
+    EXPECT_EQ(got[0], 77);
+    EXPECT_EQ(got[1], 129279);
+    EXPECT_EQ(got[2], 1000);
+  }
+}
+
+TEST(CudaKernels, MlaDecodeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Case { int64_t rows, heads, kvr, rope, ctx, block; };
+  const Case cases[] = {{1, 1, 512, 64, 1, 64},   {3, 3, 512, 64, 20, 16},  {1, 128, 512, 64, 140, 64},
+                        {2, 16, 512, 64, 4096, 64}, {3, 4, 160, 32, 77, 8}, {1, 3, 96, 16, 300, 1}};
+  for (const Case& c : cases) {
+    const int64_t latent = c.kvr + c.rope, blocks_per_row = (c.ctx + c.block - 1) / c.block;
+    const int64_t nblocks = blocks_per_row * c.rows + 3;
+    std::vector<uint16_t> cache(nblocks * c.block * latent);
+    for (auto& v : cache) v = FloatToBf16(nd(rng));
+    std::vector<int32_t> tables(c.rows * blocks_per_row), lens(c.rows);
+    // Rows use disjoint, scrambled blocks; contexts differ per row (ctx, ctx-1, …).
+    for (int64_t r = 0; r < c.rows; ++r) {
+      lens[r] = static_cast<int32_t>(std::max<int64_t>(1, c.ctx - r));
+      for (int64_t b = 0; b < blocks_per_row; ++b)
+        tables[r * blocks_per_row + b] = static_cast<int32_t>((r * blocks_per_row + (b * 5) % blocks_per_row) + 2);
+    }
+    std::vector<float> ql(c.rows * c.heads * c.kvr), qp(c.rows * c.heads * c.rope);
+    for (auto& v : ql) v = nd(rng) * 0.05f;
+    for (auto& v : qp) v = nd(rng) * 0.05f;
+    const float scale = 0.1352f;
+    // Reference in double over the same bf16 cache values.
+    std::vector<double> want(c.rows * c.heads * c.kvr, 0.0);
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t h = 0; h < c.heads; ++h) {
+        std::vector<double> sc(lens[r]);
+        double mx = -1e300;
+        for (int32_t j = 0; j < lens[r]; ++j) {
+          const uint16_t* cj = cache.data() + (tables[r * blocks_per_row + j / c.block] * c.block + j % c.block) * latent;
+          double s = 0;
+          for (int64_t d = 0; d < c.kvr; ++d) s += ql[(r * c.heads + h) * c.kvr + d] * Bf16ToFloat(cj[d]);
+          for (int64_t d = 0; d < c.rope; ++d) s += qp[(r * c.heads + h) * c.rope + d] * Bf16ToFloat(cj[c.kvr + d]);
+          sc[j] = s * scale;
+          mx = std::max(mx, sc[j]);
+        }
+        double sum = 0;
+        for (auto& v : sc) sum += v = std::exp(v - mx);
+        for (int32_t j = 0; j < lens[r]; ++j) {
+          const uint16_t* cj = cache.data() + (tables[r * blocks_per_row + j / c.block] * c.block + j % c.block) * latent;
+          for (int64_t d = 0; d < c.kvr; ++d) want[(r * c.heads + h) * c.kvr + d] += sc[j] / sum * Bf16ToFloat(cj[d]);
+        }
+      }
+    std::unique_ptr<DeviceBuffer<uint16_t>> dc(Upload(cache));
+    std::unique_ptr<DeviceBuffer<int32_t>> dt(Upload(tables)), dlen(Upload(lens));
+    std::unique_ptr<DeviceBuffer<float>> dql(Upload(ql)), dqp(Upload(qp));
+    DeviceBuffer<float> out(want.size());
+    cuda::MlaDecodeParams p;
+    p.q_lat = dql->ptr;
+    p.q_pe = dqp->ptr;
+    p.cache = reinterpret_cast<__nv_bfloat16*>(dc->ptr);
+    p.block_stride = c.block * latent;
+    p.block_tables = dt->ptr;
+    p.context_lens = dlen->ptr;
+    p.o_lat = out.ptr;
+    p.rows = c.rows;
+    p.heads = c.heads;
+    p.kv_lora_rank = c.kvr;
+    p.rope_dim = c.rope;
+    p.block_size = c.block;
+    p.max_blocks = blocks_per_row;
+    p.softmax_scale = scale;
+    absl::Status st = cuda::MlaDecode(p, nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    auto got = Download(out.ptr, want.size());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      num += (got[i] - want[i]) * (got[i] - want[i]);
+      den += want[i] * want[i];
+    }
+    const double err = std::sqrt(num / den);
+    EXPECT_LE(err, 1e-4) << "rows=" << c.rows << " heads=" << c.heads << " ctx=" << c.ctx;  // fp32 math on bf16 inputs
+    std::printf("[ cuda ] mla decode rows=%ld heads=%ld latent=%ld+%ld ctx=%ld block=%ld rel L2 %.3g\n",
+                static_cast<long>(c.rows), static_cast<long>(c.heads), static_cast<long>(c.kvr),
+                static_cast<long>(c.rope), static_cast<long>(c.ctx), static_cast<long>(c.block), err);
+  }
 }
 
 }  // namespace

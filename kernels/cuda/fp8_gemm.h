@@ -1,0 +1,70 @@
+// FP8 × FP8 GEMM with DeepSeek's block scales, through cuBLASLt (CUDA ≥ 12.9 on Hopper):
+//   y[m, n] = sum_k (xq[m, k] * xs[m, k/128]) * (w[n, k] * ws[n/128, k/128])
+// x: activations quantised per token in 1×128 groups (QuantizeFp8PerToken128); w: the checkpoint's
+// e4m3 weight [n, k] with its weight_scale_inv [ceil(n/128), ceil(k/128)], exactly as published.
+// Output bf16 [m, n], row-major. Also a plain BF16 GEMM y = x · w^T for the unquantised weights.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+
+namespace r1::cuda {
+
+// cuBLASLt's block-scaled FP8 path on Hopper refuses token counts that are not a multiple of 16
+// (measured: 1, 3 and 63 are refused, 200 runs). Activation, scale and output buffers are therefore
+// sized for Fp8PaddedRows(m) rows; the quantiser fills the padding rows with zeros (scale 1), so
+// their outputs are zero and are ignored.
+inline int64_t Fp8PaddedRows(int64_t m) { return (m + 15) / 16 * 16; }
+
+struct Fp8GemmParams {
+  const __nv_fp8_e4m3* x = nullptr;  // [Fp8PaddedRows(m), k] row-major activations
+  const float* x_scales = nullptr;   // [ceil(k/128), Fp8PaddedRows(m)]: token-minor group scales
+  const __nv_fp8_e4m3* w = nullptr;  // [n, k] row-major weight
+  const float* w_scales = nullptr;   // [ceil(n/128), ceil(k/128)] row-major (weight_scale_inv)
+  __nv_bfloat16* y = nullptr;        // [Fp8PaddedRows(m), n] row-major output
+  int64_t m = 0, n = 0, k = 0;
+  // The token-minor scale layout (m contiguous for each 128-column group) is what cuBLASLt's
+  // VEC128 mode reads for the B operand (the activations are B in the column-major product);
+  // measured: the token-major layout gives wrong results.
+};
+
+struct Bf16GemmParams {
+  const __nv_bfloat16* x = nullptr;  // [m, k]
+  const __nv_bfloat16* w = nullptr;  // [n, k]
+  __nv_bfloat16* y = nullptr;        // [m, n]
+  int64_t m = 0, n = 0, k = 0;
+};
+
+// Owns the cuBLASLt handle and workspace; one per stream.
+class GemmRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<GemmRunner>> Create(size_t workspace_bytes = 32u << 20);
+  ~GemmRunner();
+  absl::Status Fp8(const Fp8GemmParams& p, cudaStream_t stream);
+  absl::Status Bf16(const Bf16GemmParams& p, cudaStream_t stream);
+
+ private:
+  GemmRunner() = default;
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+// x bf16 [m, k] → xq e4m3 [Fp8PaddedRows(m), k] and scales [ceil(k/128), Fp8PaddedRows(m)]
+// (token-minor, as Fp8GemmParams wants); padding rows get code 0 and scale 1.
+struct QuantizeParams {
+  const __nv_bfloat16* x = nullptr;
+  __nv_fp8_e4m3* q = nullptr;
+  float* scales = nullptr;
+  int64_t m = 0, k = 0;
+};
+absl::Status QuantizeFp8PerToken128(const QuantizeParams& p, cudaStream_t stream);
+
+}  // namespace r1::cuda

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU build, on the GPU machine (CUDA 13, no abseil / gRPC / GoogleTest there): unpacks the
+# Debian packages carried in .debs/ (scripts/fetch-gpu-debs.sh) into a private prefix, builds the
+# kernels, the model, `r1` and the tests without the services (-DR1_SERVICES=OFF), and runs the
+# CUDA tests and the CPU model tests. Extra arguments go to the CUDA test binary (--gtest_filter=…).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=/tmp/r1-deps
+ls .debs/*.deb >/dev/null 2>&1 || { echo "error: no .debs/ here; run scripts/fetch-gpu-debs.sh first and carry .debs" >&2; exit 2; }
+mkdir -p "$PREFIX/.unpacked"
+for f in .debs/*.deb; do
+  [ -e "$PREFIX/.unpacked/$(basename "$f")" ] || { dpkg -x "$f" "$PREFIX" && touch "$PREFIX/.unpacked/$(basename "$f")"; }
+done
+export LD_LIBRARY_PATH="$PREFIX/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export PKG_CONFIG_PATH="$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$PREFIX"
+cmake -S . -B build-gpu -G Ninja -DR1_SERVICES=OFF -DR1_CUDA=on \
+  -DCMAKE_PREFIX_PATH="$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
+  -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include" -DCMAKE_CUDA_FLAGS="-isystem $PREFIX/usr/include" >/dev/null
+cmake --build build-gpu -j"$(nproc)" --target r1_cuda_tests r1_tests r1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+build-gpu/tests/cuda/r1_cuda_tests "$@"
+build-gpu/tests/r1_tests --gtest_brief=1
