@@ -16,7 +16,17 @@ export PKG_CONFIG_PATH="$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_S
 cmake -S . -B build-gpu -G Ninja -DR1_SERVICES=OFF -DR1_CUDA=on \
   -DCMAKE_PREFIX_PATH="$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
   -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include" -DCMAKE_CUDA_FLAGS="-isystem $PREFIX/usr/include" >/dev/null
-cmake --build build-gpu -j"$(nproc)" --target r1_cuda_tests r1_tests r1
+cmake --build build-gpu -j"$(nproc)" --target r1_cuda_tests r1_gpu_model_tests r1_tests r1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-build-gpu/tests/cuda/r1_cuda_tests "$@"
-build-gpu/tests/r1_tests --gtest_brief=1
+status=0
+build-gpu/tests/cuda/r1_cuda_tests "$@" || status=1
+build-gpu/tests/cuda/r1_gpu_model_tests || status=1
+build-gpu/tests/r1_tests --gtest_brief=1 || status=1
+if [ "${R1_MEMCHECK:-0}" = 1 ]; then
+  for t in r1_cuda_tests r1_gpu_model_tests; do
+    compute-sanitizer --tool memcheck --leak-check full --error-exitcode 3 build-gpu/tests/cuda/$t \
+      --gtest_filter="${R1_MEMCHECK_FILTER:-*}" >"build-gpu/memcheck-$t.log" 2>&1 || status=1
+    echo "memcheck $t: $(grep -E 'ERROR SUMMARY' "build-gpu/memcheck-$t.log" | tail -1)"
+  done
+fi
+exit $status

@@ -130,8 +130,8 @@ namespace {
 
 // One warp per (token, 128-column group): each lane holds 4 values, a shuffle reduction finds the
 // group's absolute maximum, and every lane writes its 4 codes. Scales go out token-minor.
-__global__ void QuantizeKernel(QuantizeParams p, int64_t rows) {
-  const int64_t groups = (p.k + 127) / 128;
+__global__ void QuantizeKernel(QuantizeParams p, int64_t rows, int64_t stride) {
+  const int64_t groups = (stride + 127) / 128;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (warp >= rows * groups) return;
@@ -151,7 +151,7 @@ __global__ void QuantizeKernel(QuantizeParams p, int64_t rows) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t c = c0 + i;
-    if (c < p.k) p.q[row * p.k + c] = __nv_fp8_e4m3(v[i] / scale);
+    if (c < stride) p.q[row * stride + c] = __nv_fp8_e4m3(v[i] / scale);  // pad columns: v = 0
   }
 }
 
@@ -161,11 +161,16 @@ absl::Status QuantizeFp8PerToken128(const QuantizeParams& p, cudaStream_t stream
   if (!p.x || !p.q || !p.scales) return absl::InvalidArgumentError("quantize: null pointer");
   if (p.m < 0 || p.k <= 0) return absl::InvalidArgumentError(absl::StrCat("quantize: bad shape m=", p.m, " k=", p.k));
   if (p.m == 0) return absl::OkStatus();
+  const int64_t stride = p.q_stride == 0 ? p.k : p.q_stride;
+  if (stride < p.k || (stride + 127) / 128 != (p.k + 127) / 128) {
+    return absl::InvalidArgumentError(absl::StrCat("quantize: q_stride ", stride, " must be >= k ", p.k,
+                                                   " within the same 128-column groups"));
+  }
   const int64_t rows = Fp8PaddedRows(p.m);
-  const int64_t warps = rows * ((p.k + 127) / 128);
+  const int64_t warps = rows * ((stride + 127) / 128);
   const int threads = 256;
   const int64_t blocks = (warps * 32 + threads - 1) / threads;
-  QuantizeKernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p, rows);
+  QuantizeKernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p, rows, stride);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return absl::InternalError(absl::StrCat("quantize: launch failed: ", cudaGetErrorString(err)));
   return absl::OkStatus();

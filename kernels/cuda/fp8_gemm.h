@@ -22,12 +22,21 @@ namespace r1::cuda {
 // sized for Fp8PaddedRows(m) rows; the quantiser fills the padding rows with zeros (scale 1), so
 // their outputs are zero and are ignored.
 inline int64_t Fp8PaddedRows(int64_t m) { return (m + 15) / 16 * 16; }
+// Weights and activations are stored with k padded by zero columns to whole 128-blocks, so every
+// scale block covers a full block of codes (a precaution for the small test models; DeepSeek's
+// real dimensions are all multiples of 128 and need no padding).
+inline int64_t Fp8PaddedK(int64_t k) { return (k + 127) / 128 * 128; }
+// The weight-scale grid's row stride: ceil(k/128) rounded up to a multiple of 4 (16 bytes).
+// Measured: with a stride of 1 or 3 (n = 192, k = 384 or 48; n = 384, k = 96) cuBLASLt reads the
+// wrong scales; strides that are multiples of 4 (all of R1's: 4, 12, 16, 56, 128, 144) are right.
+inline int64_t Fp8ScaleStride(int64_t k) { return ((k + 127) / 128 + 3) / 4 * 4; }
 
 struct Fp8GemmParams {
   const __nv_fp8_e4m3* x = nullptr;  // [Fp8PaddedRows(m), k] row-major activations
   const float* x_scales = nullptr;   // [ceil(k/128), Fp8PaddedRows(m)]: token-minor group scales
-  const __nv_fp8_e4m3* w = nullptr;  // [n, k] row-major weight
-  const float* w_scales = nullptr;   // [ceil(n/128), ceil(k/128)] row-major (weight_scale_inv)
+  const __nv_fp8_e4m3* w = nullptr;  // [n, k] row-major weight (k already padded, see Fp8PaddedK)
+  const float* w_scales = nullptr;   // [ceil(n/128), Fp8ScaleStride(k)] row-major: weight_scale_inv,
+                                     // each row padded to the stride
   __nv_bfloat16* y = nullptr;        // [Fp8PaddedRows(m), n] row-major output
   int64_t m = 0, n = 0, k = 0;
   // The token-minor scale layout (m contiguous for each 128-column group) is what cuBLASLt's
@@ -57,13 +66,14 @@ class GemmRunner {
   size_t workspace_bytes_ = 0;
 };
 
-// x bf16 [m, k] → xq e4m3 [Fp8PaddedRows(m), k] and scales [ceil(k/128), Fp8PaddedRows(m)]
-// (token-minor, as Fp8GemmParams wants); padding rows get code 0 and scale 1.
+// x bf16 [m, k] → xq e4m3 [Fp8PaddedRows(m), q_stride] and scales [ceil(k/128), Fp8PaddedRows(m)]
+// (token-minor, as Fp8GemmParams wants); padding rows and columns get code 0, padding rows scale 1.
 struct QuantizeParams {
   const __nv_bfloat16* x = nullptr;
   __nv_fp8_e4m3* q = nullptr;
   float* scales = nullptr;
   int64_t m = 0, k = 0;
+  int64_t q_stride = 0;  // columns of q; 0 means k. Columns [k, q_stride) are written as zeros.
 };
 absl::Status QuantizeFp8PerToken128(const QuantizeParams& p, cudaStream_t stream);
 

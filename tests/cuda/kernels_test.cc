@@ -103,7 +103,8 @@ TEST(CudaKernels, QuantizeAndFp8GemmMatchCpu) {
   ASSERT_TRUE(runner.ok()) << runner.status();
   std::mt19937_64 rng(2);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int64_t shapes[][2] = {{64, 48}, {160, 2048}, {576, 1024}, {2048, 512}, {200, 7168}};
+  const int64_t shapes[][2] = {{64, 48},  {160, 2048}, {576, 1024}, {2048, 512}, {200, 7168},
+                               {96, 192}, {48, 192},   {192, 384},  {384, 96},   {192, 48}};
   for (int64_t m : {1, 3, 63, 200}) {
     for (const auto& nk : shapes) {
       const int64_t n = nk[0], k = nk[1], groups = (k + 127) / 128;
@@ -127,18 +128,25 @@ TEST(CudaKernels, QuantizeAndFp8GemmMatchCpu) {
           }
           want[i * n + j] = acc;
         }
-      const int64_t mp = cuda::Fp8PaddedRows(m);
+      const int64_t mp = cuda::Fp8PaddedRows(m), kp = cuda::Fp8PaddedK(k);
       DeviceBuffer<__nv_bfloat16> dx(m * k), dy(mp * n);
-      DeviceBuffer<__nv_fp8_e4m3> dxq(mp * k), dw(n * k);
-      DeviceBuffer<float> dxs(mp * groups), dws(w.scales.size());
+      DeviceBuffer<__nv_fp8_e4m3> dxq(mp * kp), dw(n * kp);
+      DeviceBuffer<float> dxs(mp * groups);
+      std::vector<uint8_t> wpad(n * kp, 0);
+      for (int64_t r = 0; r < n; ++r) std::copy_n(w.q.data() + r * k, k, wpad.data() + r * kp);
       cudaMemcpy(dx.ptr, xb.data(), xb.size() * 2, cudaMemcpyHostToDevice);
-      cudaMemcpy(dw.ptr, w.q.data(), w.q.size(), cudaMemcpyHostToDevice);
-      cudaMemcpy(dws.ptr, w.scales.data(), w.scales.size() * 4, cudaMemcpyHostToDevice);
-      ASSERT_TRUE(cuda::QuantizeFp8PerToken128({dx.ptr, dxq.ptr, dxs.ptr, m, k}, nullptr).ok());
-      // The quantiser must reproduce the CPU codes and scales exactly.
-      std::vector<uint8_t> gq(m * k);
+      cudaMemcpy(dw.ptr, wpad.data(), wpad.size(), cudaMemcpyHostToDevice);
+      const int64_t nb = (n + 127) / 128, kb = (k + 127) / 128, sstride = cuda::Fp8ScaleStride(kp);
+      std::vector<float> spad(nb * sstride, 1.0f);
+      for (int64_t r = 0; r < nb; ++r) std::copy_n(w.scales.data() + r * kb, kb, spad.data() + r * sstride);
+      DeviceBuffer<float> dwsp(spad.size());
+      cudaMemcpy(dwsp.ptr, spad.data(), spad.size() * 4, cudaMemcpyHostToDevice);
+      ASSERT_TRUE(cuda::QuantizeFp8PerToken128({dx.ptr, dxq.ptr, dxs.ptr, m, k, kp}, nullptr).ok());
+      // The quantiser must reproduce the CPU codes and scales exactly (padding columns zero).
+      std::vector<uint8_t> gqp(mp * kp), gq(m * k);
+      cudaMemcpy(gqp.data(), dxq.ptr, gqp.size(), cudaMemcpyDeviceToHost);
+      for (int64_t i = 0; i < m; ++i) std::copy_n(gqp.data() + i * kp, k, gq.data() + i * k);
       std::vector<float> gs(mp * groups);
-      cudaMemcpy(gq.data(), dxq.ptr, gq.size(), cudaMemcpyDeviceToHost);
       cudaMemcpy(gs.data(), dxs.ptr, gs.size() * 4, cudaMemcpyDeviceToHost);
       int64_t code_mismatch = 0, scale_mismatch = 0;
       for (int64_t i = 0; i < m * k; ++i) code_mismatch += gq[i] != xq[i];
@@ -148,7 +156,7 @@ TEST(CudaKernels, QuantizeAndFp8GemmMatchCpu) {
       EXPECT_EQ(code_mismatch, 0) << "m=" << m << " k=" << k;
       EXPECT_EQ(scale_mismatch, 0) << "m=" << m << " k=" << k;
       auto gemm = [&]() -> double {
-        absl::Status st = (*runner)->Fp8({dxq.ptr, dxs.ptr, dw.ptr, dws.ptr, dy.ptr, m, n, k}, nullptr);
+        absl::Status st = (*runner)->Fp8({dxq.ptr, dxs.ptr, dw.ptr, dwsp.ptr, dy.ptr, m, n, kp}, nullptr);
         EXPECT_TRUE(st.ok()) << st;
         std::vector<uint16_t> got(m * n);
         EXPECT_EQ(cudaMemcpy(got.data(), dy.ptr, got.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);

@@ -438,20 +438,25 @@ void DeepseekV3Model::DenseMlp(const MlpWeights& w, const float* h, int64_t t, f
 
 void DeepseekV3Model::Route(const MoeWeights& w, const float* h, int64_t t, std::vector<int32_t>* experts,
                             std::vector<float>* weights) const {
-  const ModelConfig& c = config_;
+  std::vector<float> scores(t * config_.n_routed_experts);  // [T, E]
+  cpu::MatMulNT(h, t, config_.hidden_size, w.router.data.data(), config_.n_routed_experts, scores.data());
+  SelectExperts(config_, scores.data(), w.score_bias.data(), t, experts, weights);
+}
+
+void SelectExperts(const ModelConfig& c, float* router_logits, const float* score_bias, int64_t t,
+                   std::vector<int32_t>* experts, std::vector<float>* weights) {
   const int64_t ne = c.n_routed_experts, k = c.num_experts_per_tok;
   const int64_t groups = c.n_group, per_group = ne / groups;
-  std::vector<float> scores(t * ne);  // [T, E]
-  cpu::MatMulNT(h, t, c.hidden_size, w.router.data.data(), ne, scores.data());
+  float* scores = router_logits;
   experts->resize(t * k);
   weights->resize(t * k);
   std::vector<float> biased(ne), group_score(groups);
   std::vector<int32_t> order(std::max(ne, groups));
   for (int64_t r = 0; r < t; ++r) {
-    float* s = scores.data() + r * ne;
+    float* s = scores + r * ne;
     for (int64_t e = 0; e < ne; ++e) {
       s[e] = 1.0f / (1.0f + std::exp(-s[e]));  // sigmoid
-      biased[e] = s[e] + w.score_bias[e];       // the correction bias steers selection only
+      biased[e] = s[e] + score_bias[e];         // the correction bias steers selection only
     }
     // Group score: the sum of the two best biased scores in the group; keep topk_group groups.
     for (int64_t g = 0; g < groups; ++g) {

@@ -126,6 +126,12 @@ class DeepseekV3Model {
   size_t sharded_bytes_ = 0, replicated_bytes_ = 0;
 };
 
+// The router's choice for t tokens from their router logits [T, E] (overwritten with the sigmoid
+// scores): sigmoid, correction bias for selection only, group-limited top-k, weights from the
+// unbiased scores (normalised if norm_topk_prob) times routed_scaling_factor. Shared by backends.
+void SelectExperts(const ModelConfig& config, float* router_logits, const float* score_bias, int64_t t,
+                   std::vector<int32_t>* experts, std::vector<float>* weights);
+
 // The YaRN (or plain) rotary inverse frequencies of a config, computed as transformers does.
 std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
 
