@@ -86,6 +86,14 @@ def fp8_quantise(w):
     return q, scale, deq
 
 
+# Gains of the layers that write into the residual stream (o_proj, down_proj) and of the router.
+# Real models are residual-dominant (each sublayer adds a modest update), which keeps them well
+# conditioned; with unit gains a random model is chaotic, and the small, legitimate differences
+# of bf16 / FP8 arithmetic grow into large logit changes. See docs/design.md.
+OUT_GAIN = 0.15
+ROUTER_GAIN = 2.0
+
+
 def make_weights(spec, gen):
     """Returns {name: (kind, tensors)}: kind 'linear' (FP8-able) or 'plain' (BF16 / F32)."""
     h = spec["hidden_size"]
@@ -106,7 +114,7 @@ def make_weights(spec, gen):
     def mlp(prefix, inter):
         lin(prefix + "gate_proj.weight", inter, h)
         lin(prefix + "up_proj.weight", inter, h)
-        lin(prefix + "down_proj.weight", h, inter)
+        lin(prefix + "down_proj.weight", h, inter, gain=OUT_GAIN)
 
     plain["model.embed_tokens.weight"] = randn(spec["vocab_size"], h)
     n_layers = spec["num_hidden_layers"] + spec["num_nextn_predict_layers"]
@@ -124,12 +132,12 @@ def make_weights(spec, gen):
         lin(a + "kv_a_proj_with_mqa.weight", kvr + rope, h)
         norm(a + "kv_a_layernorm.weight", kvr)
         lin(a + "kv_b_proj.weight", heads * (nope + vdim), kvr)
-        lin(a + "o_proj.weight", h, heads * vdim)
+        lin(a + "o_proj.weight", h, heads * vdim, gain=OUT_GAIN)
         if i < spec["first_k_dense_replace"]:
             mlp(p + "mlp.", spec["intermediate_size"])
         else:
             e = spec["n_routed_experts"]
-            plain[p + "mlp.gate.weight"] = randn(e, h, std=1.0 / math.sqrt(h))
+            plain[p + "mlp.gate.weight"] = randn(e, h, std=ROUTER_GAIN / math.sqrt(h))
             # Positive correction bias: the selection is then the same whether excluded groups are
             # masked with 0 (transformers) or -inf (DeepSeek's reference), as it is for R1.
             f32[p + "mlp.gate.e_score_correction_bias"] = torch.rand(e, generator=gen) * 0.2
@@ -173,7 +181,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--only", default=None)
+    ap.add_argument("--out-gain", type=float, default=None)
+    ap.add_argument("--router-gain", type=float, default=None)
     args = ap.parse_args()
+    global OUT_GAIN, ROUTER_GAIN
+    if args.out_gain is not None:
+        OUT_GAIN = args.out_gain
+    if args.router_gain is not None:
+        ROUTER_GAIN = args.router_gain
 
     import transformers
     from transformers import DeepseekV3ForCausalLM

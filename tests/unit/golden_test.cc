@@ -254,3 +254,33 @@ INSTANTIATE_TEST_SUITE_P(Models, GoldenTest,
 
 }  // namespace
 }  // namespace r1
+
+namespace r1 {
+namespace {
+
+TEST(Fp8ActivationEmulation, ChangesFp8LogitsModeratelyAndLeavesBf16Alone) {
+  auto golden = SafetensorsFile::Open(testing::GoldenData("golden-a"));
+  ASSERT_TRUE(golden.ok());
+  const auto ids = testing::ReadI32(**golden, "prompt.1.tokens");
+  const auto want = testing::ReadF32(**golden, "prompt.1.logits");
+  for (const char* form : {"golden-a-fp8", "golden-a-bf16"}) {
+    auto m = DeepseekV3Model::Load(testing::GoldenModel(form));
+    ASSERT_TRUE(m.ok());
+    (*m)->set_emulate_fp8_activations(true);
+    const ModelConfig& c = (*m)->config();
+    auto cache = PagedKvCache::Create(1, 16, c.num_hidden_layers, c.kv_latent_dim());
+    auto got = (*m)->Forward({{ids, 0, {0}, true}}, *cache);
+    ASSERT_TRUE(got.ok());
+    const double err = testing::RelL2((*got)[0].data(), want.data(), want.size());
+    std::printf("[ golden ] %s with FP8 activation emulation: rel L2 %.3g against transformers\n", form, err);
+    if (std::string(form).ends_with("fp8")) {
+      EXPECT_GT(err, 1e-3);  // the quantisation is really applied
+      EXPECT_LT(err, 0.5);   // and is noise, not a different model
+    } else {
+      EXPECT_LE(err, 1e-4);  // no FP8 weights: nothing to emulate
+    }
+  }
+}
+
+}  // namespace
+}  // namespace r1

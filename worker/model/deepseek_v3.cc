@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "common/dtype.h"
 #include "kernels/ops.h"
 
 namespace r1 {
@@ -347,18 +348,18 @@ void DeepseekV3Model::Attention(int64_t layer, const float* h, const std::vector
   if (c.q_lora_rank) {
     const int64_t qr = *c.q_lora_rank;
     std::vector<float> qa(t * qr);  // [T, q_lora_rank]
-    cpu::MatMulNT(h, t, hd, w.q_a.data.data(), qr, qa.data());
+    Project(h, t, hd, w.q_a, qr, qa.data(), false);
     cpu::RmsNorm(qa.data(), t, qr, qr, w.q_a_norm.data(), eps, qa.data(), qr);
-    cpu::MatMulNT(qa.data(), t, qr, w.q_b.data.data(), nh * qk, q.data());
+    Project(qa.data(), t, qr, w.q_b, nh * qk, q.data(), false);
   } else {
-    cpu::MatMulNT(h, t, hd, w.q.data.data(), nh * qk, q.data());
+    Project(h, t, hd, w.q, nh * qk, q.data(), false);
   }
   cpu::ApplyRope(q.data() + nope, t * nh, nh, rope, qk, positions.data(), inv_freq_.data(), rope_factor_,
                  c.rope_interleave);
 
   // The latent of each new token [T, kvr + rope]: normalised c_kv, then the rotated shared key.
   std::vector<float> latent(t * lat);
-  cpu::MatMulNT(h, t, hd, w.kv_a.data.data(), lat, latent.data());
+  Project(h, t, hd, w.kv_a, lat, latent.data(), false);
   cpu::RmsNorm(latent.data(), t, kvr, lat, w.kv_a_norm.data(), eps, latent.data(), lat);
   cpu::ApplyRope(latent.data() + kvr, t, 1, rope, lat, positions.data(), inv_freq_.data(), rope_factor_,
                  c.rope_interleave);
@@ -424,16 +425,36 @@ void DeepseekV3Model::Attention(int64_t layer, const float* h, const std::vector
     }
     row0 += n;
   }
-  cpu::MatMulNTAccumulate(out.data(), t, nh * vd, w.o.data.data(), hd, out_delta);
+  Project(out.data(), t, nh * vd, w.o, hd, out_delta, true);
+}
+
+void DeepseekV3Model::Project(const float* x, int64_t m, int64_t k, const Matrix& w, int64_t n, float* y,
+                              bool accumulate) const {
+  if (!emulate_fp8_activations_) {
+    if (accumulate) cpu::MatMulNTAccumulate(x, m, k, w.data.data(), n, y);
+    else cpu::MatMulNT(x, m, k, w.data.data(), n, y);
+    return;
+  }
+  // DeepSeek's inference numerics: the activations entering an FP8 GEMM are quantised per token
+  // in 1x128 groups; the product then runs on the dequantised values.
+  const int64_t groups = (k + 127) / 128;
+  std::vector<uint8_t> q(m * k);
+  std::vector<float> scales(m * groups), xq(m * k);
+  cpu::QuantizeFp8PerToken128(x, m, k, q.data(), scales.data());
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t c = 0; c < k; ++c) xq[r * k + c] = Fp8E4M3ToFloat(q[r * k + c]) * scales[r * groups + c / 128];
+  }
+  if (accumulate) cpu::MatMulNTAccumulate(xq.data(), m, k, w.data.data(), n, y);
+  else cpu::MatMulNT(xq.data(), m, k, w.data.data(), n, y);
 }
 
 void DeepseekV3Model::DenseMlp(const MlpWeights& w, const float* h, int64_t t, float* x) const {
   const int64_t hd = config_.hidden_size, inter = w.gate.rows;  // this rank's intermediate slice
   std::vector<float> g(t * inter), u(t * inter);
-  cpu::MatMulNT(h, t, hd, w.gate.data.data(), inter, g.data());
-  cpu::MatMulNT(h, t, hd, w.up.data.data(), inter, u.data());
+  Project(h, t, hd, w.gate, inter, g.data(), false);
+  Project(h, t, hd, w.up, inter, u.data(), false);
   cpu::SiluMul(g.data(), u.data(), t * inter, g.data());
-  cpu::MatMulNTAccumulate(g.data(), t, inter, w.down.data.data(), hd, x);
+  Project(g.data(), t, inter, w.down, hd, x, true);
 }
 
 void DeepseekV3Model::Route(const MoeWeights& w, const float* h, int64_t t, std::vector<int32_t>* experts,
@@ -505,10 +526,10 @@ void DeepseekV3Model::Moe(const MoeWeights& w, const float* h, int64_t t, float*
     const MlpWeights& ew = w.experts[e - expert_begin_];
     std::vector<float> xin(m * hd), g(m * inter), u(m * inter), y(m * hd);
     for (int64_t i = 0; i < m; ++i) std::copy_n(h + (sl[i] / k) * hd, hd, xin.data() + i * hd);
-    cpu::MatMulNT(xin.data(), m, hd, ew.gate.data.data(), inter, g.data());
-    cpu::MatMulNT(xin.data(), m, hd, ew.up.data.data(), inter, u.data());
+    Project(xin.data(), m, hd, ew.gate, inter, g.data(), false);
+    Project(xin.data(), m, hd, ew.up, inter, u.data(), false);
     cpu::SiluMul(g.data(), u.data(), m * inter, g.data());
-    cpu::MatMulNT(g.data(), m, inter, ew.down.data.data(), hd, y.data());
+    Project(g.data(), m, inter, ew.down, hd, y.data(), false);
     for (int64_t i = 0; i < m; ++i) cpu::Axpy(chosen_w[sl[i]], y.data() + i * hd, hd, x + (sl[i] / k) * hd);
   }
   if (w.has_shared) DenseMlp(w.shared, h, t, x);

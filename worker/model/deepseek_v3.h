@@ -84,6 +84,10 @@ class DeepseekV3Model {
                                                           AttentionForm form = AttentionForm::kAuto) const;
 
   const ModelConfig& config() const { return config_; }
+  // Quantise the activations entering every FP8-weight product per token in 1x128 groups, as
+  // DeepSeek's inference (and the GPU backend) does: the reference for the GPU's numerics.
+  // Only for FP8 checkpoints; off by default (plain float32).
+  void set_emulate_fp8_activations(bool on) { emulate_fp8_activations_ = on && config_.fp8.has_value(); }
   // Resident float32 weight bytes: all, those split across ranks, those every rank holds.
   size_t weight_bytes() const { return sharded_bytes_ + replicated_bytes_; }
   size_t sharded_bytes() const { return sharded_bytes_; }
@@ -102,6 +106,8 @@ class DeepseekV3Model {
   // out [T, H] += this rank's share of attention(h [T, H]) for layer `layer`.
   void Attention(int64_t layer, const float* h, const std::vector<SequenceStep>& batch,
                  const std::vector<int64_t>& positions, PagedKvCache& cache, AttentionForm form, float* x) const;
+  // y [m, n] (+)= x [m, k] · w^T for a checkpoint linear layer (FP8 activation emulation aware).
+  void Project(const float* x, int64_t m, int64_t k, const Matrix& w, int64_t n, float* y, bool accumulate) const;
   // out [T, H] += this rank's share of mlp(h)
   void DenseMlp(const MlpWeights& w, const float* h, int64_t t, float* out) const;
   // out [T, H] += this rank's share of moe(h): its routed experts and its shared-expert slice
@@ -124,6 +130,7 @@ class DeepseekV3Model {
   std::vector<float> final_norm_;  // [H]
   Matrix lm_head_;                 // [V / W, H]
   size_t sharded_bytes_ = 0, replicated_bytes_ = 0;
+  bool emulate_fp8_activations_ = false;
 };
 
 // The router's choice for t tokens from their router logits [T, E] (overwritten with the sigmoid
