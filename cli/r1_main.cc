@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/info.h"
+#include "cli/remote_generate.h"
 #include "cli/tokenize.h"
 #include "common/status.h"
 #include "worker/generate.h"
@@ -121,7 +122,10 @@ int main(int argc, char** argv) {
 
   r1::GenerateOptions gen;
   auto* generate = app.add_subcommand("generate", "Generate tokens after a prompt of token ids");
-  generate->add_option("--model", model_dir, "Model folder")->required();
+  std::string coordinator;
+  auto* generate_model = generate->add_option("--model", model_dir, "Model folder (unless --coordinator)");
+  generate->add_option("--coordinator", coordinator, "HOST:PORT of r1-coordinator: generate on its worker group")
+      ->excludes(generate_model);
   generate->add_option("--tokens", tokens, "Comma-separated prompt token ids")->required();
   generate->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate")->default_val(32)->check(CLI::Range(0, 1 << 20));
   generate->add_option("--temperature", gen.sampling.temperature, "0 = greedy")->default_val(0.0f);
@@ -145,6 +149,12 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (info->parsed()) return r1::RunInfo(model_dir);
   if (logits->parsed()) return r1::RunLogits(model_dir, tokens, out_path);
+  if (generate->parsed() && !coordinator.empty()) {
+    auto ids = r1::ParseTokens(tokens);
+    const absl::Status s = ids.ok() ? r1::RunRemoteGenerate(coordinator, *ids, gen) : ids.status();
+    return s.ok() ? 0 : r1::Fail(s);
+  }
+  if (generate->parsed() && model_dir.empty()) return r1::Fail(absl::InvalidArgumentError("--model or --coordinator is required"));
   if (generate->parsed()) return r1::RunGenerate(model_dir, tokens, gen);
   if (tokenize->parsed()) {
     const absl::Status s = r1::RunTokenize(model_dir, text, parse_special);

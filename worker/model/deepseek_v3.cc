@@ -53,12 +53,14 @@ using Clock = std::chrono::steady_clock;
 // Logs load progress (bytes, GB/s, ETA) at most once a second and at the end.
 class LoadProgress {
  public:
-  explicit LoadProgress(size_t total) : total_(total), start_(Clock::now()), last_(start_) {}
-  void Add(size_t bytes, absl::string_view what) {
+  LoadProgress(size_t total, const LoadProgressFn& report)
+      : total_(total), report_(report), start_(Clock::now()), last_(start_) {}
+  void Add(size_t bytes, const std::string& what) {
     done_ += bytes;
     auto now = Clock::now();
     if (now - last_ < std::chrono::seconds(1) && done_ < total_) return;
     last_ = now;
+    if (report_) report_(std::min(done_, total_), total_, what);
     const double s = std::chrono::duration<double>(now - start_).count();
     const double rate = s > 0 ? done_ / s : 0;
     const double eta = rate > 0 ? (total_ - std::min(done_, total_)) / rate : 0;
@@ -68,6 +70,7 @@ class LoadProgress {
 
  private:
   size_t total_, done_ = 0;
+  LoadProgressFn report_;
   Clock::time_point start_, last_;
 };
 
@@ -92,7 +95,8 @@ absl::Status DeepseekV3Model::CheckLayout(const ModelConfig& c, int world) {
 
 absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& model_dir,
                                                                        const ParallelLayout& layout,
-                                                                       Communicator* comm) {
+                                                                       Communicator* comm,
+                                                                       const LoadProgressFn& progress) {
   auto model = std::unique_ptr<DeepseekV3Model>(new DeepseekV3Model());
   R1_ASSIGN_OR_RETURN(model->config_, LoadModelConfig(model_dir));
   const ModelConfig& c = model->config_;
@@ -110,14 +114,14 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   ShardRange(c.n_routed_experts, layout, &model->expert_begin_, &model->expert_end_);
   ShardRange(c.vocab_size, layout, &model->vocab_begin_, &model->vocab_end_);
   R1_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(model_dir));
-  R1_RETURN_IF_ERROR(model->LoadWeights(*ckpt));
+  R1_RETURN_IF_ERROR(model->LoadWeights(*ckpt, progress));
   model->inv_freq_ = RopeInverseFrequencies(c);
   model->rope_factor_ = static_cast<float>(c.rope_attention_factor());
   model->softmax_scale_ = static_cast<float>(c.softmax_scale());
   return model;
 }
 
-absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
+absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt, const LoadProgressFn& report) {
   const ModelConfig& c = config_;
   const int64_t h = c.hidden_size, nh = c.num_attention_heads, w = layout_.world_size;
   const int64_t qk = c.qk_head_dim(), kvr = c.kv_lora_rank, kvb = c.qk_nope_head_dim + c.v_head_dim;
@@ -132,7 +136,7 @@ absl::Status DeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
     if (!mtp) total += ckpt.Get(name)->nbytes;
   }
   // Progress counts checkpoint bytes passed over (read, sliced or skipped as another rank's).
-  LoadProgress progress(total);
+  LoadProgress progress(total, report);
   std::string stage = "embedding";
   auto file_bytes = [&](const std::string& name) {
     auto t = ckpt.Get(name);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,10 @@ struct LayerWeights {
   MoeWeights moe;  // MoE layers
 };
 
+// Called during a load, at most about once a second and at the end: checkpoint bytes passed over
+// so far, the total, and the stage ("layer 7").
+using LoadProgressFn = std::function<void(size_t done, size_t total, const std::string& stage)>;
+
 class DeepseekV3Model {
  public:
   // Loads DIR/config.json and this rank's share of the weights (FP8 dequantised to float32),
@@ -72,7 +77,8 @@ class DeepseekV3Model {
   // evenly is an error naming the dimension.
   static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& model_dir,
                                                                const ParallelLayout& layout = {},
-                                                               Communicator* comm = nullptr);
+                                                               Communicator* comm = nullptr,
+                                                               const LoadProgressFn& progress = nullptr);
   // Checks that `config` can be split W ways.
   static absl::Status CheckLayout(const ModelConfig& config, int world_size);
 
@@ -98,7 +104,7 @@ class DeepseekV3Model {
 
  private:
   DeepseekV3Model() = default;
-  absl::Status LoadWeights(const Checkpoint& ckpt);
+  absl::Status LoadWeights(const Checkpoint& ckpt, const LoadProgressFn& progress);
   absl::Status Validate(const std::vector<SequenceStep>& batch, const PagedKvCache& cache) const;
 
   // x [T, H] += sum over ranks of delta [T, H]; delta is consumed.

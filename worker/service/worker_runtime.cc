@@ -1,0 +1,533 @@
+#include "worker/service/worker_runtime.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/worker.grpc.pb.h"
+#include "worker/kv_cache.h"
+#include "worker/model/deepseek_v3.h"
+#include "worker/parallel/gloo_communicator.h"
+#include "worker/parallel/mpi_communicator.h"
+#include "worker/sampler.h"
+#include "worker/service/grpc_store.h"
+
+namespace r1 {
+namespace {
+
+namespace pb = worker::v1;
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The communicator the model is built with. Its inner communicator is replaced when the group
+// re-forms after a peer died, so the weights (640 GB for R1) stay loaded across re-formations.
+// With no inner communicator every collective fails at once instead of waiting on a dead peer.
+class SwappableCommunicator : public Communicator {
+ public:
+  explicit SwappableCommunicator(const ParallelLayout& layout) : layout_(layout) {}
+  void Set(std::unique_ptr<Communicator> inner) { inner_ = std::move(inner); }
+  bool has_group() const { return inner_ != nullptr; }
+
+  int rank() const override { return layout_.rank; }
+  int world_size() const override { return layout_.world_size; }
+  std::string name() const override { return inner_ ? inner_->name() : "none (group dropped)"; }
+  absl::Status AllReduceSum(float* data, size_t count) override {
+    R1_RETURN_IF_ERROR(Check());
+    return inner_->AllReduceSum(data, count);
+  }
+  absl::Status AllGather(const float* in, size_t count, float* out) override {
+    R1_RETURN_IF_ERROR(Check());
+    return inner_->AllGather(in, count, out);
+  }
+  absl::Status Broadcast(void* data, size_t bytes, int root) override {
+    R1_RETURN_IF_ERROR(Check());
+    return inner_->Broadcast(data, bytes, root);
+  }
+  absl::Status Barrier() override {
+    R1_RETURN_IF_ERROR(Check());
+    return inner_->Barrier();
+  }
+
+ private:
+  absl::Status Check() const {
+    return inner_ ? absl::OkStatus() : absl::UnavailableError("the worker group was dropped; awaiting a new Load");
+  }
+  ParallelLayout layout_;
+  std::unique_ptr<Communicator> inner_;
+};
+
+// The log-probabilities of `token` and of the top `n` tokens, from raw logits [vocab].
+void FillLogprobs(const std::vector<float>& logits, int32_t token, int n, pb::SequenceResult* out) {
+  const float max = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - max);
+  const double log_z = max + std::log(sum);
+  out->set_logprob(static_cast<float>(logits[token] - log_z));
+  std::vector<int32_t> order(logits.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  const size_t k = std::min<size_t>(static_cast<size_t>(n), order.size());
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  for (size_t i = 0; i < k; ++i) {
+    auto* t = out->add_top_logprobs();
+    t->set_token(order[i]);
+    t->set_logprob(static_cast<float>(logits[order[i]] - log_z));
+  }
+}
+
+class WorkerRuntimeImpl : public WorkerRuntime {
+ public:
+  explicit WorkerRuntimeImpl(const WorkerOptions& options) : options_(options) {}
+  ~WorkerRuntimeImpl() override { StopThreads(); }
+
+  absl::Status Run() override {
+    absl::Status s = Serve();
+    StopThreads();
+    return s;
+  }
+
+  void Stop() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_requested_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  // One event for the main loop: a message from the coordinator, or the end of the stream.
+  struct Event {
+    std::optional<pb::CoordinatorMessage> message;
+    grpc::Status closed;  // when !message
+  };
+
+  absl::Status Serve() {
+    R1_RETURN_IF_ERROR(Connect());
+    R1_ASSIGN_OR_RETURN(pb::Accepted accepted, Register());
+    rank_ = accepted.rank();
+    world_size_ = accepted.world_size();
+    R1_LOG(INFO) << "registered with " << options_.coordinator << " as rank " << rank_ << " of " << world_size_;
+    heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
+    while (true) {
+      std::optional<Event> ev = NextEvent();
+      if (!ev) {
+        R1_LOG(INFO) << "stopping (signal)";
+        return absl::OkStatus();
+      }
+      if (!ev->message) {
+        return absl::UnavailableError(absl::StrCat("lost the coordinator at ", options_.coordinator, ": ",
+                                                   ev->closed.error_message().empty() ? "stream closed"
+                                                                                      : ev->closed.error_message()));
+      }
+      const pb::CoordinatorMessage& m = *ev->message;
+      switch (m.kind_case()) {
+        case pb::CoordinatorMessage::kLoad:
+          HandleLoad(m.load());
+          break;
+        case pb::CoordinatorMessage::kStep:
+          HandleStep(m.step());
+          break;
+        case pb::CoordinatorMessage::kFreeSequences:
+          for (uint64_t id : m.free_sequences().sequence_ids()) rngs_.erase(id);
+          break;
+        case pb::CoordinatorMessage::kDropGroup:
+          DropGroup(m.drop_group().reason());
+          break;
+        case pb::CoordinatorMessage::kShutdown:
+          R1_LOG(INFO) << "coordinator asked to shut down: " << m.shutdown().reason();
+          return absl::OkStatus();
+        default:
+          R1_LOG(WARNING) << "ignoring an unexpected message from the coordinator (kind " << m.kind_case() << ")";
+      }
+    }
+  }
+
+  absl::Status Connect() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 256 << 20);
+    // A worker may start before the coordinator: retry the connection often, not with gRPC's
+    // default backoff (1 s growing to 120 s).
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    channel_ = grpc::CreateCustomChannel(options_.coordinator, grpc::InsecureChannelCredentials(), args);
+    if (!channel_->WaitForConnected(std::chrono::system_clock::now() + options_.connect_timeout)) {
+      return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", options_.coordinator, " within ",
+                                                 options_.connect_timeout.count() / 1000.0,
+                                                 " s: is r1-coordinator running there, and is the address right?"));
+    }
+    stub_ = pb::WorkerControl::NewStub(channel_);
+    stream_ = stub_->Connect(&ctx_);
+    reader_thread_ = std::thread([this] { ReadLoop(); });
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<pb::Accepted> Register() {
+    pb::WorkerMessage m;
+    pb::Register* r = m.mutable_register_();
+    r->set_protocol_version(pb::PROTOCOL_VERSION);
+    r->set_rank(options_.rank);
+    r->set_world_size(options_.world_size);
+    r->set_model_path(options_.model_dir);
+    r->set_launcher(options_.mpi ? "mpi" : "registration");
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    r->set_hostname(host);
+    r->set_pid(getpid());
+    // A model this rank cannot use is reported to the coordinator too, so the operator sees it
+    // there and not only in this rank's log.
+    auto fingerprint = ConfigFingerprint(options_.model_dir);
+    absl::Status model_ok = fingerprint.status();
+    if (fingerprint.ok()) {
+      r->set_config_fingerprint(*fingerprint);
+      auto config = LoadModelConfig(options_.model_dir);
+      model_ok = config.status();
+      if (config.ok() && options_.world_size > 0) model_ok = DeepseekV3Model::CheckLayout(*config, options_.world_size);
+    }
+    if (!model_ok.ok()) r->set_model_error(absl::StrCat("--model ", options_.model_dir, ": ", model_ok.message()));
+    if (!Send(m)) return absl::UnavailableError(absl::StrCat("the coordinator at ", options_.coordinator,
+                                                             " closed the stream before registration"));
+    std::optional<Event> ev = NextEvent(Clock::now() + options_.register_timeout);
+    if (!ev) {
+      ctx_.TryCancel();
+      return absl::DeadlineExceededError(absl::StrCat(options_.coordinator, " did not answer the registration within ",
+                                                      options_.register_timeout.count() / 1000.0,
+                                                      " s: is it an r1-coordinator?"));
+    }
+    if (!ev->message) {
+      return absl::UnavailableError(absl::StrCat("the coordinator at ", options_.coordinator,
+                                                 " closed the stream during registration: ",
+                                                 ev->closed.error_message()));
+    }
+    if (ev->message->has_refused()) {
+      return absl::FailedPreconditionError(absl::StrCat("the coordinator at ", options_.coordinator,
+                                                        " refused this worker: ", ev->message->refused().reason()));
+    }
+    if (!ev->message->has_accepted()) {
+      return absl::InternalError("the coordinator's first message was neither Accepted nor Refused");
+    }
+    if (!model_ok.ok()) return absl::FailedPreconditionError(r->model_error());
+    return ev->message->accepted();
+  }
+
+  void HandleLoad(const pb::Load& load) {
+    const auto t0 = Clock::now();
+    absl::Status s = LoadGroup(load);
+    pb::WorkerMessage m;
+    if (!s.ok()) {
+      R1_LOG(ERROR) << "load failed: " << s.message();
+      DropCommunicator();
+      m.mutable_load_failed()->set_error(absl::StrCat("rank ", load.rank(), ": ", s.message()));
+    } else {
+      pb::Loaded* l = m.mutable_loaded();
+      l->set_sharded_bytes(static_cast<int64_t>(model_->sharded_bytes()));
+      l->set_replicated_bytes(static_cast<int64_t>(model_->replicated_bytes()));
+      l->set_kv_cache_bytes(static_cast<int64_t>(cache_->bytes()));
+      l->set_seconds(SecondsSince(t0));
+      l->set_communicator(comm_ && comm_->has_group() ? comm_->name() : "none");
+      l->set_reused_weights(reused_weights_);
+      const ModelConfig& c = model_->config();
+      l->set_vocab_size(c.vocab_size);
+      l->set_eos_token_id(c.eos_token_id);
+      l->set_max_position_embeddings(c.max_position_embeddings);
+      R1_LOG(INFO) << "group " << load.group() << ": rank " << load.rank() << " of " << load.world_size()
+                   << " ready in " << l->seconds() << " s (" << l->communicator() << ", weights "
+                   << (reused_weights_ ? "kept" : "loaded") << ": " << l->sharded_bytes() / 1e6 << " MB split + "
+                   << l->replicated_bytes() / 1e6 << " MB replicated)";
+    }
+    Send(m);
+  }
+
+  absl::Status LoadGroup(const pb::Load& load) {
+    const ParallelLayout layout{load.rank(), load.world_size()};
+    if (layout.rank != rank_ || layout.world_size != world_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("Load for rank ", layout.rank, " of ", layout.world_size,
+                                                     " but this worker registered as rank ", rank_, " of ",
+                                                     world_size_));
+    }
+    const bool keep_weights =
+        model_ && model_path_ == load.model_path() && model_->layout().world_size == layout.world_size;
+    if (!keep_weights) {
+      model_.reset();
+      comm_.reset();
+      cache_.reset();
+      comm_ = std::make_unique<SwappableCommunicator>(layout);
+    }
+    R1_RETURN_IF_ERROR(Annotate(FormGroup(load, layout), "forming the group"));
+    reused_weights_ = keep_weights;
+    if (!keep_weights) {
+      pb::WorkerMessage start;
+      auto total = CheckpointBytes(load.model_path());
+      if (total.ok()) {
+        start.mutable_load_progress()->set_bytes_total(static_cast<int64_t>(*total));
+        start.mutable_load_progress()->set_stage("start");
+        Send(start);
+      }
+      auto report = [this](size_t done, size_t total, const std::string& stage) {
+        pb::WorkerMessage m;
+        m.mutable_load_progress()->set_bytes_done(static_cast<int64_t>(done));
+        m.mutable_load_progress()->set_bytes_total(static_cast<int64_t>(total));
+        m.mutable_load_progress()->set_stage(stage);
+        Send(m);
+      };
+      R1_ASSIGN_OR_RETURN(model_, DeepseekV3Model::Load(load.model_path(), layout, comm_.get(), report));
+      model_path_ = load.model_path();
+    }
+    const ModelConfig& c = model_->config();
+    if (!cache_ || cache_->num_blocks() != load.kv_cache().num_blocks() ||
+        cache_->block_size() != load.kv_cache().block_size()) {
+      cache_.reset();
+      R1_ASSIGN_OR_RETURN(PagedKvCache cache, PagedKvCache::Create(load.kv_cache().num_blocks(),
+                                                                   load.kv_cache().block_size(),
+                                                                   c.num_hidden_layers, c.kv_latent_dim()));
+      cache_ = std::make_unique<PagedKvCache>(std::move(cache));
+    }
+    rngs_.clear();
+    return absl::OkStatus();
+  }
+
+  // Connects this rank to its peers for group `load.group()` and checks the group with one
+  // broadcast from rank 0 (the step where a GPU build sends the NCCL unique id).
+  absl::Status FormGroup(const pb::Load& load, const ParallelLayout& layout) {
+    const std::string& backend = load.rendezvous().backend();
+    if (layout.world_size == 1) {
+      comm_->Set(nullptr);
+      return absl::OkStatus();
+    }
+    std::unique_ptr<Communicator> comm;
+    if (backend == "mpi") {
+      if (!options_.mpi) return absl::FailedPreconditionError("rendezvous over MPI, but this worker was not started by mpirun");
+      R1_ASSIGN_OR_RETURN(comm, CreateMpiCommunicator());
+    } else if (backend == "gloo") {
+      GlooOptions gloo;
+      gloo.hostname = options_.advertise_address;
+      gloo.timeout = std::chrono::milliseconds(load.rendezvous().timeout_ms());
+      auto store = std::make_shared<GrpcStore>(channel_, load.rendezvous().prefix(), gloo.timeout);
+      R1_ASSIGN_OR_RETURN(comm, CreateGlooCommunicator(layout, store, gloo));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown rendezvous backend '", backend, "'"));
+    }
+    uint64_t group = layout.rank == 0 ? load.group() : 0;
+    R1_RETURN_IF_ERROR(comm->Broadcast(&group, sizeof group, 0));
+    if (group != load.group()) {
+      return absl::FailedPreconditionError(absl::StrCat("rank 0 is in group ", group, ", this rank in group ",
+                                                        load.group(), ": the ranks disagree"));
+    }
+    comm_->Set(std::move(comm));
+    return absl::OkStatus();
+  }
+
+  static absl::StatusOr<size_t> CheckpointBytes(const std::string& dir) {
+    R1_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(dir));
+    return ckpt->total_bytes();
+  }
+
+  void HandleStep(const pb::Step& step) {
+    const auto t0 = Clock::now();
+    pb::WorkerMessage m;
+    pb::StepResult* result = m.mutable_step_result();
+    result->set_step_id(step.step_id());
+    absl::Status s = RunStep(step, result);
+    if (!s.ok()) {
+      R1_LOG(ERROR) << "step " << step.step_id() << " failed: " << s.message();
+      result->clear_sequences();
+      result->set_error(std::string(s.message()));
+    }
+    result->set_seconds(SecondsSince(t0));
+    Send(m);
+  }
+
+  absl::Status RunStep(const pb::Step& step, pb::StepResult* result) {
+    if (!model_ || !cache_) return absl::FailedPreconditionError("no model loaded");
+    std::vector<SequenceStep> batch;
+    batch.reserve(step.sequences_size());
+    for (const auto& s : step.sequences()) {
+      batch.push_back({{s.tokens().begin(), s.tokens().end()}, s.start_position(),
+                       {s.block_table().begin(), s.block_table().end()}, false});
+    }
+    R1_ASSIGN_OR_RETURN(auto logits, model_->Forward(batch, *cache_));
+    if (rank_ != 0) return absl::OkStatus();  // rank 0 samples; the others only acknowledge
+    const int64_t vocab = model_->config().vocab_size;
+    for (int i = 0; i < step.sequences_size(); ++i) {
+      const pb::SequenceStep& s = step.sequences(i);
+      pb::SequenceResult* out = result->add_sequences();
+      out->set_sequence_id(s.sequence_id());
+      const std::vector<float>& row = logits[i];  // the last new token's logits [vocab]
+      if (s.return_logits()) out->mutable_logits()->Assign(row.begin(), row.end());
+      if (!s.sample()) continue;
+      const SamplingParams params{s.sampling().temperature(), s.sampling().top_p(), s.sampling().top_k(),
+                                  s.sampling().seed()};
+      R1_RETURN_IF_ERROR(ValidateSampling(params));
+      // One generator per sequence for its whole life, as single-process Generate keeps one.
+      auto it = rngs_.find(s.sequence_id());
+      if (it == rngs_.end()) it = rngs_.emplace(s.sequence_id(), std::mt19937_64(params.seed)).first;
+      const int32_t token = SampleToken(row.data(), vocab, params, it->second);
+      out->set_token(token);
+      if (s.logprobs() > 0) FillLogprobs(row, token, s.logprobs(), out);
+    }
+    return absl::OkStatus();
+  }
+
+  void DropCommunicator() {
+    if (comm_) comm_->Set(nullptr);
+  }
+
+  void DropGroup(const std::string& reason) {
+    R1_LOG(WARNING) << "dropping the worker group: " << reason;
+    DropCommunicator();
+    rngs_.clear();
+    pb::WorkerMessage m;
+    m.mutable_group_dropped();
+    Send(m);
+  }
+
+  // --- the stream ------------------------------------------------------------------------------
+
+  bool Send(const pb::WorkerMessage& m) {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (stream_closed_) return false;
+    return stream_->Write(m);
+  }
+
+  void ReadLoop() {
+    pb::CoordinatorMessage m;
+    while (stream_->Read(&m)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      events_.push_back({m, {}});
+      cv_.notify_all();
+    }
+    grpc::Status status;
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      stream_closed_ = true;
+      status = stream_->Finish();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back({std::nullopt, status});
+    cv_.notify_all();
+  }
+
+  void HeartbeatLoop() {
+    int64_t seq = 0;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_threads_) {
+      cv_.wait_for(lock, options_.heartbeat_interval, [&] { return stop_threads_; });
+      if (stop_threads_) break;
+      lock.unlock();
+      pb::WorkerMessage m;
+      m.mutable_heartbeat()->set_sequence(++seq);
+      const bool ok = Send(m);
+      lock.lock();
+      if (!ok) break;
+    }
+  }
+
+  // The next event, or nullopt on Stop() or at `deadline`.
+  std::optional<Event> NextEvent(Clock::time_point deadline = Clock::time_point::max()) {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto ready = [&] { return stop_requested_ || !events_.empty(); };
+    if (deadline == Clock::time_point::max()) {
+      cv_.wait(lock, ready);
+    } else if (!cv_.wait_until(lock, deadline, ready)) {
+      return std::nullopt;
+    }
+    if (events_.empty()) return std::nullopt;
+    Event ev = std::move(events_.front());
+    events_.pop_front();
+    return ev;
+  }
+
+  void StopThreads() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_threads_ = true;
+      cv_.notify_all();
+    }
+    if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+    if (reader_thread_.joinable()) {
+      {
+        // Closing our half lets a well-behaved coordinator end the stream; cancelling makes sure.
+        std::lock_guard<std::mutex> lock(write_mu_);
+        if (!stream_closed_) stream_->WritesDone();
+      }
+      ctx_.TryCancel();
+      reader_thread_.join();
+    }
+    // Collectives may reference the model's communicator: drop the model first.
+    model_.reset();
+    comm_.reset();
+  }
+
+  WorkerOptions options_;
+  int rank_ = -1, world_size_ = 0;
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::WorkerControl::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<pb::WorkerMessage, pb::CoordinatorMessage>> stream_;
+  std::thread reader_thread_, heartbeat_thread_;
+
+  std::mutex write_mu_;  // one Write at a time; guards stream_closed_
+  bool stream_closed_ = false;
+
+  std::mutex mu_;  // guards events_ and the flags below
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+  bool stop_requested_ = false, stop_threads_ = false;
+
+  // Main-thread state.
+  std::unique_ptr<SwappableCommunicator> comm_;
+  std::unique_ptr<DeepseekV3Model> model_;
+  std::string model_path_;
+  bool reused_weights_ = false;
+  std::unique_ptr<PagedKvCache> cache_;
+  std::map<uint64_t, std::mt19937_64> rngs_;  // rank 0: per-sequence sampler state
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ConfigFingerprint(const std::string& model_dir) {
+  const std::string path = model_dir + "/config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (no such checkpoint folder?)"));
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
+  for (unsigned char ch : bytes.str()) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return absl::StrCat("fnv1a64:", hex);
+}
+
+absl::StatusOr<std::unique_ptr<WorkerRuntime>> WorkerRuntime::Create(const WorkerOptions& options) {
+  if (options.coordinator.empty()) return absl::InvalidArgumentError("--coordinator HOST:PORT is required");
+  if (options.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+  if (options.world_size < 0) return absl::InvalidArgumentError("world size must be positive");
+  if (options.world_size > 0 && options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " outside [0, ", options.world_size, ")"));
+  }
+  return std::unique_ptr<WorkerRuntime>(new WorkerRuntimeImpl(options));
+}
+
+}  // namespace r1
