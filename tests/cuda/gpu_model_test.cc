@@ -104,8 +104,11 @@ TwoWays RunBothWays(GpuDeepseekV3Model& m, const std::vector<int32_t>& ids) {
 TEST_P(GpuModelTest, DecodeThroughPagedCacheEqualsPrefill) {
   const int64_t vocab = model().config().vocab_size;
   const auto ids = ReadI32(golden(), "prompt.3.tokens");
+  const int64_t replays_before = model().graph_replays();
   TwoWays r = RunBothWays(model(), ids);
   ASSERT_EQ(r.prefill.size(), r.decode.size());
+  // Every decode step after the first of its shape replays the captured CUDA graph.
+  EXPECT_GE(model().graph_replays() - replays_before, static_cast<int64_t>(ids.size()));
   Check check;
   for (size_t p = 0; p < ids.size(); ++p) check.Row(r.decode.data() + p * vocab, r.prefill.data() + p * vocab, vocab);
   EXPECT_LE(check.overall(), kTolerance);

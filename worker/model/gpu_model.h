@@ -3,16 +3,20 @@
 // cuBLASLt's block-scaled GEMM, bf16 activations, a float32 residual stream, the latent cache in
 // bf16 on the device, MLA in the absorbed form for prefill and decode alike.
 //
-// Status: correctness path. Routing is decided on the host (one device→host copy per MoE layer),
-// experts run one after another, temporaries are allocated per step and no CUDA graph is captured
-// yet: the performance work replaces those pieces behind this interface.
+// A step runs entirely on the device with no host round trip inside it: the router, the token
+// permutation and the routed experts (one grouped launch over all experts) stay on the GPU, and
+// all buffers come from a workspace sized at load for `max_step_tokens`. Decode-only steps (one
+// new token per sequence) are captured once per (batch size, cache) as a CUDA graph and replayed.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -41,6 +45,7 @@ struct DeviceMemory {
 struct GpuLinear {
   int64_t n = 0, k = 0;  // [out, in]
   int64_t k_stored = 0;  // k, or Fp8PaddedK(k) for FP8 (zero columns appended)
+  int64_t scale_stride = 0;
   DeviceMemory w;        // [n, k_stored] e4m3 or [n, k] bf16
   DeviceMemory scales;   // [ceil(n/128), Fp8ScaleStride(k)] float32 (FP8 only)
   bool fp8 = false;
@@ -55,16 +60,31 @@ struct GpuKvCache {
   static absl::StatusOr<GpuKvCache> Create(const ModelConfig& c, int64_t blocks, int64_t block_size);
 };
 
+struct GpuModelOptions {
+  int64_t max_step_tokens = 2048;  // tokens of one Forward call (workspace size)
+  bool cuda_graphs = true;         // capture and replay decode steps
+};
+
 class GpuDeepseekV3Model {
  public:
-  static absl::StatusOr<std::unique_ptr<GpuDeepseekV3Model>> Load(const std::string& model_dir);
+  static absl::StatusOr<std::unique_ptr<GpuDeepseekV3Model>> Load(const std::string& model_dir,
+                                                                  const GpuModelOptions& options = {});
+  ~GpuDeepseekV3Model();
   // As DeepseekV3Model::Forward: logits (float32, host) per sequence.
   absl::StatusOr<std::vector<std::vector<float>>> Forward(const std::vector<SequenceStep>& batch, GpuKvCache& cache);
   const ModelConfig& config() const { return config_; }
   size_t device_weight_bytes() const { return weight_bytes_; }
+  // Decode steps replayed from a captured graph so far (for tests and logs).
+  int64_t graph_replays() const { return graph_replays_; }
 
  private:
   struct Mlp { GpuLinear gate, up, down; };
+  // All routed experts of a layer back to back, for the grouped launch.
+  struct ExpertBank {
+    int64_t n = 0, k = 0, w_stride = 0, scale_stride = 0;
+    bool fp8 = false;
+    DeviceMemory w, scales;  // [E, n, w_stride] codes (or bf16), [E, ceil(n/128), scale_stride]
+  };
   struct Layer {
     DeviceMemory input_norm, post_norm;  // float32 [H]
     GpuLinear q_a, q_b, q, kv_a, o;
@@ -73,13 +93,16 @@ class GpuDeepseekV3Model {
     bool is_moe = false;
     Mlp mlp;
     DeviceMemory router;                 // float32 [E, H]
-    std::vector<float> score_bias;       // host: routing is decided on the host for now
-    std::vector<Mlp> experts;
+    DeviceMemory score_bias;             // float32 [E]
+    ExpertBank gate, up, down;           // routed experts
     bool has_shared = false;
     Mlp shared;
   };
   GpuDeepseekV3Model() = default;
   absl::Status LoadWeights(const Checkpoint& ckpt);
+  absl::Status AllocateWorkspace();
+  // The whole step for t rows whose inputs are already in the workspace: launches only, on stream_.
+  absl::Status RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride);
   // y [Fp8PaddedRows(m), n] bf16 = x [m, k] bf16 · W^T
   absl::Status Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y);
   // x [m, H] float32 += mlp(h [m, H] bf16)
@@ -93,8 +116,30 @@ class GpuDeepseekV3Model {
   DeviceMemory final_norm_;
   GpuLinear lm_head_;      // bf16 [V, H]
   size_t weight_bytes_ = 0;
-  // Scratch for the activation quantiser, grown on demand.
-  DeviceMemory quant_q_, quant_scales_;
+  GpuModelOptions options_;
+  cudaStream_t stream_ = nullptr;
+  // Workspace: every buffer a step needs, sized for options_.max_step_tokens.
+  struct Workspace {
+    DeviceMemory ids, pos, ctx, tables;   // step inputs
+    int64_t table_capacity = 0;           // int32 entries in `tables`
+    DeviceMemory x, hf, hb, emb, qa, q, kv, q_lat, q_pe, o_lat, attn, o;
+    DeviceMemory g, u, d;                 // dense / shared MLP
+    DeviceMemory router_logits, expert_ids, expert_w, offsets, perm_tokens, perm_w, slot, perm_ws;
+    DeviceMemory xe, eg, eu, ey;          // routed experts, permuted rows
+    DeviceMemory logits;                  // bf16 [rows, V]
+    DeviceMemory quant_q, quant_scales;   // activation quantiser
+  } ws_;
+  // Captured decode graphs, by (rows, cache data pointer, table stride).
+  struct GraphKey {
+    int64_t rows;
+    const void* cache;
+    int64_t stride;
+    bool operator<(const GraphKey& o) const {
+      return std::tie(rows, cache, stride) < std::tie(o.rows, o.cache, o.stride);
+    }
+  };
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
+  int64_t graph_replays_ = 0;
 };
 
 }  // namespace r1
