@@ -16,7 +16,7 @@ export PKG_CONFIG_PATH="$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_S
 cmake -S . -B build-gpu -G Ninja -DR1_SERVICES=OFF -DR1_CUDA=on \
   -DCMAKE_PREFIX_PATH="$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
   -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include" -DCMAKE_CUDA_FLAGS="-isystem $PREFIX/usr/include" >/dev/null
-cmake --build build-gpu -j"$(nproc)" --target r1_cuda_tests r1_gpu_model_tests r1_tests r1
+cmake --build build-gpu -j"$(nproc)" --target ${R1_GPU_TARGETS:-r1_cuda_tests r1_gpu_model_tests r1_tests r1}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 status=0
 build-gpu/tests/cuda/r1_cuda_tests "$@" || status=1

@@ -11,7 +11,9 @@
 #include "gtest/gtest.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/grouped_gemv.h"
 #include "kernels/cuda/mla_decode.h"
+#include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/ops.h"
 
@@ -404,6 +406,135 @@ TEST(CudaKernels, MlaDecodeMatchesCpu) {
     std::printf("[ cuda ] mla decode rows=%ld heads=%ld latent=%ld+%ld ctx=%ld block=%ld rel L2 %.3g\n",
                 static_cast<long>(c.rows), static_cast<long>(c.heads), static_cast<long>(c.kvr),
                 static_cast<long>(c.rope), static_cast<long>(c.ctx), static_cast<long>(c.block), err);
+  }
+}
+
+TEST(CudaKernels, GroupedGemvAndCombineMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(6);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  // Experts with 0, 1, 3 and 63 rows; FP8 weights with block scales (k padded to 128) and bf16.
+  for (bool fp8 : {true, false}) {
+    const int64_t experts = 4, n = 192, k = 160, kp = cuda::Fp8PaddedK(k), sstride = cuda::Fp8ScaleStride(kp);
+    const std::vector<int32_t> offsets = {0, 0, 1, 4, 67};
+    const int64_t rows = offsets.back(), nb = (n + 127) / 128, kb = (k + 127) / 128;
+    std::vector<uint16_t> xb(rows * k);
+    for (auto& v : xb) v = FloatToBf16(nd(rng));
+    std::vector<uint8_t> w8(experts * n * kp, 0);
+    std::vector<uint16_t> w16(experts * n * kp, 0);
+    std::vector<float> scales(experts * nb * sstride, 1.0f), wdeq(experts * n * k);
+    for (int64_t e = 0; e < experts; ++e) {
+      Fp8Weight w = RandomFp8Weight(n, k, rng);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < k; ++c) {
+          w8[(e * n + r) * kp + c] = w.q[r * k + c];
+          w16[(e * n + r) * kp + c] = FloatToBf16(w.deq[r * k + c]);
+          wdeq[(e * n + r) * k + c] = fp8 ? w.deq[r * k + c] : Bf16ToFloat(w16[(e * n + r) * kp + c]);
+        }
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t c = 0; c < kb; ++c) scales[(e * nb + r) * sstride + c] = w.scales[r * kb + c];
+    }
+    std::vector<double> want(rows * n, 0.0);
+    for (int64_t e = 0; e < experts; ++e)
+      for (int32_t r = offsets[e]; r < offsets[e + 1]; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0;
+          for (int64_t c = 0; c < k; ++c) acc += static_cast<double>(Bf16ToFloat(xb[r * k + c])) * wdeq[(e * n + j) * k + c];
+          want[r * n + j] = acc;
+        }
+    std::unique_ptr<DeviceBuffer<uint16_t>> dx(Upload(xb)), dw16(Upload(w16));
+    std::unique_ptr<DeviceBuffer<uint8_t>> dw8(Upload(w8));
+    std::unique_ptr<DeviceBuffer<float>> ds(Upload(scales));
+    std::unique_ptr<DeviceBuffer<int32_t>> doff(Upload(offsets));
+    DeviceBuffer<__nv_bfloat16> y(rows * n);
+    cuda::GroupedFp8GemvParams p;
+    p.x = reinterpret_cast<__nv_bfloat16*>(dx->ptr);
+    p.offsets = doff->ptr;
+    if (fp8) {
+      p.w = reinterpret_cast<__nv_fp8_e4m3*>(dw8->ptr);
+      p.scales = ds->ptr;
+    } else {
+      p.w_bf16 = reinterpret_cast<__nv_bfloat16*>(dw16->ptr);
+    }
+    p.y = y.ptr;
+    p.experts = experts;
+    p.n = n;
+    p.k = k;
+    p.w_stride = kp;
+    p.scale_stride = sstride;
+    ASSERT_TRUE(cuda::GroupedFp8Gemv(p, nullptr).ok());
+    auto got = Download(reinterpret_cast<uint16_t*>(y.ptr), rows * n);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < rows * n; ++i) {
+      num += (Bf16ToFloat(got[i]) - want[i]) * (Bf16ToFloat(got[i]) - want[i]);
+      den += want[i] * want[i];
+    }
+    EXPECT_LE(std::sqrt(num / den), 1e-2) << (fp8 ? "fp8" : "bf16");
+    std::printf("[ cuda ] grouped gemv %s experts=4 rows=0/1/3/63 n=192 k=160 rel L2 %.3g\n", fp8 ? "fp8" : "bf16",
+                std::sqrt(num / den));
+    // Combine: token t picks entries slot[t, j] (or -1) with weights; summed in order into out.
+    const int64_t tokens = 5, topk = 3;
+    std::vector<int32_t> slot = {0, 5, -1, 66, 1, 2, 3, 3, 10, -1, -1, -1, 7, 8, 9};
+    std::vector<float> wts(tokens * topk), out0(tokens * n), expect(tokens * n);
+    for (auto& v : wts) v = nd(rng);
+    for (auto& v : out0) v = nd(rng);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t c = 0; c < n; ++c) {
+        double acc = out0[t * n + c];
+        for (int64_t j = 0; j < topk; ++j) {
+          const int32_t sl = slot[t * topk + j];
+          if (sl >= 0) acc += wts[t * topk + j] * Bf16ToFloat(got[sl * n + c]);
+        }
+        expect[t * n + c] = static_cast<float>(acc);
+      }
+    std::unique_ptr<DeviceBuffer<int32_t>> dslot(Upload(slot));
+    std::unique_ptr<DeviceBuffer<float>> dwts(Upload(wts)), dout(Upload(out0));
+    ASSERT_TRUE(cuda::MoeCombine({y.ptr, dslot->ptr, dwts->ptr, dout->ptr, tokens, topk, n}, nullptr).ok());
+    auto comb = Download(dout->ptr, tokens * n);
+    for (int64_t i = 0; i < tokens * n; ++i) EXPECT_NEAR(comb[i], expect[i], 1e-4 * (1 + std::fabs(expect[i]))) << i;
+  }
+}
+
+TEST(CudaKernels, AbsorbQueryAndApplyValueMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t heads : {1, 3, 128}) {
+    const int64_t rows = 3, nope = 128, rope = 64, kvr = 512, v = 128, qk = nope + rope;
+    std::vector<uint16_t> q(rows * heads * qk);
+    for (auto& x : q) x = FloatToBf16(nd(rng));
+    std::vector<float> uk(heads * nope * kvr), uv(heads * v * kvr), olat(rows * heads * kvr);
+    for (auto& x : uk) x = nd(rng) * 0.05f;
+    for (auto& x : uv) x = nd(rng) * 0.05f;
+    for (auto& x : olat) x = nd(rng);
+    std::unique_ptr<DeviceBuffer<uint16_t>> dq(Upload(q));
+    std::unique_ptr<DeviceBuffer<float>> duk(Upload(uk)), duv(Upload(uv)), dol(Upload(olat));
+    DeviceBuffer<float> qlat(rows * heads * kvr), qpe(rows * heads * rope);
+    DeviceBuffer<__nv_bfloat16> out(rows * heads * v);
+    ASSERT_TRUE(cuda::AbsorbQuery({reinterpret_cast<__nv_bfloat16*>(dq->ptr), duk->ptr, qlat.ptr, qpe.ptr, rows, heads,
+                                   nope, rope, kvr}, nullptr).ok());
+    ASSERT_TRUE(cuda::ApplyValue({dol->ptr, duv->ptr, out.ptr, rows, heads, v, kvr}, nullptr).ok());
+    auto gl = Download(qlat.ptr, rows * heads * kvr);
+    auto gp = Download(qpe.ptr, rows * heads * rope);
+    auto go = Download(reinterpret_cast<uint16_t*>(out.ptr), rows * heads * v);
+    double worst_l = 0, worst_o = 0;
+    for (int64_t t = 0; t < rows; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t c = 0; c < kvr; ++c) {
+          double acc = 0;
+          for (int64_t d = 0; d < nope; ++d) acc += Bf16ToFloat(q[(t * heads + h) * qk + d]) * uk[(h * nope + d) * kvr + c];
+          worst_l = std::max(worst_l, std::fabs(gl[(t * heads + h) * kvr + c] - acc) / (std::fabs(acc) + 1e-2));
+        }
+        for (int64_t d = 0; d < rope; ++d) EXPECT_EQ(gp[(t * heads + h) * rope + d], Bf16ToFloat(q[(t * heads + h) * qk + nope + d]));
+        for (int64_t i = 0; i < v; ++i) {
+          double acc = 0;
+          for (int64_t c = 0; c < kvr; ++c) acc += olat[(t * heads + h) * kvr + c] * uv[(h * v + i) * kvr + c];
+          worst_o = std::max(worst_o, std::fabs(Bf16ToFloat(go[t * heads * v + h * v + i]) - acc) / (std::fabs(acc) + 1e-2));
+        }
+      }
+    EXPECT_LE(worst_l, 1e-4) << "heads " << heads;
+    EXPECT_LE(worst_o, 1.0 / 128) << "heads " << heads;
+    std::printf("[ cuda ] absorb/apply heads=%ld worst rel err %.3g / %.3g\n", static_cast<long>(heads), worst_l, worst_o);
   }
 }
 
