@@ -12,8 +12,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/info.h"
+#include "cli/make_tiny.h"
+#include "cli/plan.h"
 #include "cli/remote_generate.h"
 #include "cli/tokenize.h"
+#ifdef R1_WITH_SERVICES
+#include "cli/chat.h"
+#include "cli/serve.h"
+#endif
 #include "common/status.h"
 #include "worker/generate.h"
 #include "worker/model/deepseek_v3.h"
@@ -146,7 +152,31 @@ int main(int argc, char** argv) {
   detokenize->add_option("--tokens", tokens, "Comma-separated token ids")->required();
   detokenize->add_flag("--skip-special", skip_special, "Leave out special tokens (BOS, EOS, ...)");
 
+  r1::MakeTinyOptions tiny;
+  auto* make_tiny = r1::AddMakeTinyCommand(app, tiny);
+
+  auto* plan = r1::AddPlanCommand(app);
+
+#ifdef R1_WITH_SERVICES
+  r1::ServeCommandOptions serve_options;
+  auto* serve = r1::AddServeCommand(app, serve_options);
+  r1::ChatCommandOptions chat_options;
+  auto* chat = r1::AddChatCommand(app, chat_options);
+#endif
+
   CLI11_PARSE(app, argc, argv);
+#ifdef R1_WITH_SERVICES
+  if (serve->parsed() || chat->parsed()) {
+    const absl::Status s = serve->parsed() ? r1::RunServeCommand(serve_options)
+                                           : r1::RunChatCommand(chat_options);
+    return s.ok() ? 0 : r1::Fail(s);
+  }
+#endif
+  if (plan->parsed()) return r1::RunPlan(plan->remaining());
+  if (make_tiny->parsed()) {
+    const absl::Status s = r1::MakeTiny(tiny);
+    return s.ok() ? 0 : r1::Fail(s);
+  }
   if (info->parsed()) return r1::RunInfo(model_dir);
   if (logits->parsed()) return r1::RunLogits(model_dir, tokens, out_path);
   if (generate->parsed() && !coordinator.empty()) {

@@ -66,6 +66,12 @@ struct EngineStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;  // totals since start
   int64_t last_batch_size = 0;
   bool ready = false;
+  // Additions (LocalEngine fills them; a remote engine may leave them 0):
+  int64_t prefill_tokens = 0;     // prompt tokens run through the model (prefix-cache hits excluded)
+  int64_t prefix_hit_tokens = 0;  // prompt tokens taken from the prefix cache instead
+  int64_t kv_blocks_cached = 0;   // unused blocks still holding a reusable prefix (evictable)
+  int64_t preemptions = 0;        // sequences sent back to the queue to free their blocks
+  int64_t steps = 0;              // forward steps run
 };
 
 using RequestId = uint64_t;

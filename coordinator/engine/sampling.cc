@@ -1,0 +1,154 @@
+#include "coordinator/engine/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace r1 {
+namespace {
+
+uint64_t SplitMix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+bool UsesCounts(const EngineSampling& s) {
+  return s.presence_penalty != 0 || s.frequency_penalty != 0;
+}
+
+}  // namespace
+
+absl::Status ValidateEngineSampling(const EngineSampling& s) {
+  auto bad = [](absl::string_view field, float v, absl::string_view range) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " ", v, " outside ", range));
+  };
+  if (!std::isfinite(s.temperature) || s.temperature < 0 || s.temperature > 100)
+    return bad("temperature", s.temperature, "[0, 100]");
+  if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1)
+    return bad("top_p", s.top_p, "(0, 1]");
+  if (s.top_k < 0)
+    return absl::InvalidArgumentError(absl::StrCat("top_k ", s.top_k, " is negative"));
+  if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1) return bad("min_p", s.min_p, "[0, 1]");
+  if (!std::isfinite(s.presence_penalty) || std::fabs(s.presence_penalty) > 2)
+    return bad("presence_penalty", s.presence_penalty, "[-2, 2]");
+  if (!std::isfinite(s.frequency_penalty) || std::fabs(s.frequency_penalty) > 2)
+    return bad("frequency_penalty", s.frequency_penalty, "[-2, 2]");
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0 ||
+      s.repetition_penalty > 10) {
+    return bad("repetition_penalty", s.repetition_penalty, "(0, 10]");
+  }
+  if (s.top_logprobs < 0 || s.top_logprobs > 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs ", s.top_logprobs, " outside [0, 20]"));
+  }
+  return absl::OkStatus();
+}
+
+void SamplerState::Init(const EngineSampling& s, uint64_t seed, int32_t index,
+                        absl::Span<const int32_t> prompt) {
+  rng.seed(SplitMix(seed ^ SplitMix(static_cast<uint64_t>(index) + 1)));
+  generated.clear();
+  seen.clear();
+  if (s.repetition_penalty != 1.0f) {
+    for (int32_t t : prompt) ++seen[t];
+  }
+}
+
+void SamplerState::Observe(const EngineSampling& s, int32_t token) {
+  if (UsesCounts(s)) ++generated[token];
+  if (s.repetition_penalty != 1.0f) ++seen[token];
+}
+
+int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, SamplerState& state,
+                    std::vector<float>& scratch) {
+  const float* logits = raw;
+  if (!state.seen.empty() || !state.generated.empty()) {
+    scratch.assign(raw, raw + vocab);
+    // Repetition penalty (CTRL / transformers): shrink the logit of every token already present.
+    for (const auto& [t, c] : state.seen) {
+      float& l = scratch[t];
+      l = l > 0 ? l / s.repetition_penalty : l * s.repetition_penalty;
+    }
+    // OpenAI's presence and frequency penalties, over the generated tokens only.
+    for (const auto& [t, c] : state.generated)
+      scratch[t] -= s.frequency_penalty * static_cast<float>(c) + s.presence_penalty;
+    logits = scratch.data();
+  }
+  if (s.temperature <= 0)
+    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+
+  // Weights relative to the best token: w = exp((l - max) / T), so the best weighs 1.
+  const float mx = *std::max_element(logits, logits + vocab);
+  std::vector<float> w(vocab);
+  for (int64_t i = 0; i < vocab; ++i) w[i] = std::exp((logits[i] - mx) / s.temperature);
+  // min_p: drop tokens less likely than min_p times the most likely one.
+  std::vector<int32_t> ids;
+  ids.reserve(vocab);
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (w[i] >= s.min_p && w[i] > 0) ids.push_back(static_cast<int32_t>(i));
+  }
+  auto before = [&](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
+  if (s.top_k > 0 && s.top_k < static_cast<int64_t>(ids.size())) {
+    std::nth_element(ids.begin(), ids.begin() + s.top_k, ids.end(), before);
+    ids.resize(s.top_k);
+  }
+  // top_p: the smallest most-likely prefix holding top_p of the mass; sort only as much as needed.
+  int64_t keep = static_cast<int64_t>(ids.size());
+  if (s.top_p < 1.0f) {
+    double total = 0;
+    for (int32_t i : ids) total += w[i];
+    const double target = s.top_p * total;
+    for (int64_t sorted = std::min<int64_t>(256, keep);;
+         sorted = std::min<int64_t>(sorted * 4, keep)) {
+      std::partial_sort(ids.begin(), ids.begin() + sorted, ids.end(), before);
+      double cum = 0;
+      int64_t cut = -1;
+      for (int64_t i = 0; i < sorted; ++i) {
+        cum += w[ids[i]];
+        if (cum >= target) {
+          cut = i + 1;
+          break;
+        }
+      }
+      if (cut > 0) {
+        keep = cut;
+        break;
+      }
+      if (sorted == keep) break;  // rounding: keep them all
+    }
+  }
+  double total = 0;
+  for (int64_t i = 0; i < keep; ++i) total += w[ids[i]];
+  const double u = std::uniform_real_distribution<double>(0.0, 1.0)(state.rng) * total;
+  double cum = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    cum += w[ids[i]];
+    if (u < cum) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+void ComputeLogprobs(const float* logits, int64_t vocab, int32_t token, int32_t top_n,
+                     float* logprob, std::vector<TokenLogprob>* top) {
+  const float mx = *std::max_element(logits, logits + vocab);
+  double sum = 0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
+  const float lse = mx + static_cast<float>(std::log(sum));
+  *logprob = logits[token] - lse;
+  top->clear();
+  if (top_n <= 0) return;
+  const int64_t n = std::min<int64_t>(top_n, vocab);
+  std::vector<int32_t> ids(vocab);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int64_t i = 0; i < n; ++i) top->push_back({ids[i], logits[ids[i]] - lse});
+}
+
+}  // namespace r1

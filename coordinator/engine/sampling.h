@@ -1,0 +1,47 @@
+// The engine's per-sequence token choice: penalties, temperature, top-k, min-p, top-p and a
+// per-sequence RNG, plus logprobs. worker/sampler.h is the plain sampler of `r1 generate`; this
+// one adds what the OpenAI / Ollama APIs ask for (penalties over the sequence's history, min_p,
+// logprobs) and keeps full-vocabulary work linear (129280 ids): only the nucleus is sorted.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "coordinator/engine/engine.h"
+
+namespace r1 {
+
+// Checks a request's sampling fields; the error names the field.
+absl::Status ValidateEngineSampling(const EngineSampling& s);
+
+// What one sequence remembers between tokens for its sampling.
+struct SamplerState {
+  std::mt19937_64 rng;
+  // Occurrences of each token: `generated` among the new tokens (presence / frequency penalties),
+  // `seen` in prompt + new tokens (repetition penalty). Filled only when a penalty is on.
+  absl::flat_hash_map<int32_t, int32_t> generated;
+  absl::flat_hash_map<int32_t, int32_t> seen;
+
+  // Seeds the RNG from (seed, completion index): each completion of a request has its own stream,
+  // independent of whatever else shares its batch.
+  void Init(const EngineSampling& s, uint64_t seed, int32_t index,
+            absl::Span<const int32_t> prompt);
+  void Observe(const EngineSampling& s, int32_t token);
+};
+
+// Picks the next token from raw logits [vocab]. Greedy (temperature 0) picks the lowest id among
+// the largest penalised logits. `scratch` is reused between calls.
+int32_t ChooseToken(const float* logits, int64_t vocab, const EngineSampling& s,
+                    SamplerState& state, std::vector<float>& scratch);
+
+// Log-softmax of the raw logits (the model's own distribution: before penalties and temperature,
+// as OpenAI reports and vLLM does by default): the logprob of `token` and the `top_n` most likely
+// tokens, most likely first (ties: lowest id first).
+void ComputeLogprobs(const float* logits, int64_t vocab, int32_t token, int32_t top_n,
+                     float* logprob, std::vector<TokenLogprob>* top);
+
+}  // namespace r1

@@ -1,0 +1,512 @@
+// LocalEngine on the golden-a model (vocab 1024): results equal single-sequence generation and do
+// not depend on what shares the batch; chunked prefill keeps decodes flowing; cancellation,
+// admission, queue limits, prefix reuse, stops, logprobs, n > 1, preemption and drain. Every test
+// ends with every KV block free.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+#include "tests/engine/engine_test_util.h"
+#include "worker/generate.h"
+
+namespace r1 {
+namespace {
+
+using testing::Collector;
+using testing::Completion;
+using testing::Greedy;
+using testing::RandomPrompt;
+using testing::RunAlone;
+using testing::Seeded;
+
+std::shared_ptr<const DeepseekV3Model> GoldenA() {
+  static std::shared_ptr<const DeepseekV3Model> model = [] {
+    auto m = DeepseekV3Model::Load(testing::GoldenModelDir("golden-a-fp8"));
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? std::shared_ptr<const DeepseekV3Model>(std::move(*m)) : nullptr;
+  }();
+  return model;
+}
+
+LocalEngine::Options SmallOptions() {
+  LocalEngine::Options o;
+  o.model = GoldenA();
+  o.kv_blocks = 1024;
+  o.block_size = 16;
+  o.max_step_tokens = 256;
+  o.max_batch_size = 32;
+  return o;
+}
+
+std::unique_ptr<LocalEngine> MakeEngine(LocalEngine::Options o = SmallOptions()) {
+  auto e = LocalEngine::Create(std::move(o));
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? std::move(*e) : nullptr;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_NE(GoldenA(), nullptr); }
+  // Every test leaves no block in use.
+  void ExpectAllFree(const LocalEngine& e) {
+    const EngineStats s = e.Stats();
+    EXPECT_EQ(s.kv_blocks_used, 0);
+    EXPECT_EQ(s.running, 0);
+    EXPECT_EQ(s.waiting, 0);
+  }
+  int64_t vocab() const { return GoldenA()->config().vocab_size; }
+};
+
+TEST_F(EngineTest, GreedyEqualsGenerate) {
+  auto engine = MakeEngine();
+  for (int64_t len : {1, 37, 300}) {
+    const auto prompt = RandomPrompt(len, vocab(), 100 + len);
+    GenerateOptions g;
+    g.max_new_tokens = 24;
+    g.stop_at_eos = false;
+    auto want = Generate(*GoldenA(), prompt, g);
+    ASSERT_TRUE(want.ok()) << want.status();
+    const Completion got = RunAlone(*engine, Greedy(prompt, 24));
+    EXPECT_EQ(got.tokens, want->tokens) << "prompt length " << len;
+    EXPECT_EQ(got.finish, FinishReason::kLength);
+  }
+  ExpectAllFree(*engine);
+}
+
+// 20 requests of different lengths, greedy and seeded sampling, submitted together: each gives
+// exactly the tokens it gives alone.
+TEST_F(EngineTest, ConcurrentRequestsEqualAlone) {
+  auto engine = MakeEngine();
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 20; ++i) {
+    auto prompt = RandomPrompt(1 + 13 * i, vocab(), 1000 + i);
+    const int64_t max_new = 8 + 3 * (i % 7);
+    requests.push_back(i % 2 ? Seeded(prompt, max_new, 77 + i) : Greedy(prompt, max_new));
+  }
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& r : requests) alone.push_back(RunAlone(*engine, r).tokens);
+
+  engine->SetPausedForTesting(true);  // all 20 queue up, then start together
+  std::vector<std::unique_ptr<Collector>> collectors;
+  for (const auto& r : requests) {
+    collectors.push_back(std::make_unique<Collector>());
+    ASSERT_TRUE(engine->Submit(r, collectors.back()->Callback()).ok());
+  }
+  const int64_t steps_before = engine->Stats().steps;
+  engine->SetPausedForTesting(false);
+  int64_t generated = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(collectors[i]->Wait());
+    EXPECT_EQ(collectors[i]->completion().tokens, alone[i]) << "request " << i;
+    EXPECT_EQ(collectors[i]->completion().finish, FinishReason::kLength);
+    generated += static_cast<int64_t>(alone[i].size());
+  }
+  // Batched: far fewer steps than tokens.
+  EXPECT_LT(engine->Stats().steps - steps_before, generated / 4);
+  ExpectAllFree(*engine);
+}
+
+// The same, submitted from many threads at once, with prefix caching on and shared prefixes.
+TEST_F(EngineTest, SubmitFromManyThreads) {
+  auto engine = MakeEngine();
+  const auto system = RandomPrompt(40, vocab(), 5);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 16; ++i) {
+    auto prompt = system;
+    const auto tail = RandomPrompt(3 + i, vocab(), 500 + i);
+    prompt.insert(prompt.end(), tail.begin(), tail.end());
+    requests.push_back(Seeded(prompt, 12, 9 + i));
+  }
+  std::vector<std::vector<int32_t>> alone;
+  {
+    auto o = SmallOptions();
+    o.prefix_caching = false;
+    auto fresh = MakeEngine(o);
+    for (const auto& r : requests) alone.push_back(RunAlone(*fresh, r).tokens);
+  }
+  std::vector<std::unique_ptr<Collector>> collectors(requests.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    collectors[i] = std::make_unique<Collector>();
+    threads.emplace_back(
+        [&, i] { EXPECT_TRUE(engine->Submit(requests[i], collectors[i]->Callback()).ok()); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(collectors[i]->Wait());
+    EXPECT_EQ(collectors[i]->completion().tokens, alone[i]) << "request " << i;
+  }
+  ExpectAllFree(*engine);
+}
+
+// A long prompt arriving while others decode is prefilled in chunks between their tokens.
+TEST_F(EngineTest, LongPromptDoesNotStallDecodes) {
+  auto o = SmallOptions();
+  o.max_step_tokens = 64;
+  auto engine = MakeEngine(o);
+  std::mutex mu;
+  std::vector<int>
+      log;  // which stream produced each event, in delivery order; -1 marks the long submit
+  auto logging = [&](int stream, Collector* c) {
+    auto inner = c->Callback();
+    return [&mu, &log, stream, inner](const GenerationEvent& ev) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        log.push_back(stream);
+      }
+      inner(ev);
+    };
+  };
+  constexpr int kStreams = 4;
+  std::vector<std::unique_ptr<Collector>> decoders;
+  std::vector<RequestId> ids;
+  for (int i = 0; i < kStreams; ++i) {
+    decoders.push_back(std::make_unique<Collector>());
+    auto id = engine->Submit(Greedy(RandomPrompt(8, vocab(), 40 + i), 0),
+                             logging(i, decoders.back().get()));
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  for (auto& d : decoders) {
+    while (d->TokensSoFar() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  Collector long_one;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    log.push_back(-1);
+  }
+  const int64_t long_len = 1200;
+  ASSERT_TRUE(
+      engine->Submit(Greedy(RandomPrompt(long_len, vocab(), 3), 4), logging(kStreams, &long_one))
+          .ok());
+  ASSERT_TRUE(long_one.Wait());
+  for (RequestId id : ids) engine->Cancel(id);
+  for (auto& d : decoders) ASSERT_TRUE(d->Wait());
+
+  // Between the long submit and the long request's first token, every stream kept receiving
+  // tokens: about one per prefill chunk (~(64 - 4)-token chunks → ~20 steps).
+  std::lock_guard<std::mutex> lock(mu);
+  const auto submit = std::find(log.begin(), log.end(), -1);
+  const auto first = std::find(submit, log.end(), kStreams);
+  ASSERT_NE(first, log.end());
+  for (int i = 0; i < kStreams; ++i) {
+    const auto between = std::count(submit, first, i);
+    EXPECT_GE(between, long_len / 64 - 4) << "stream " << i;
+  }
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, CancellationFreesBlocks) {
+  auto engine = MakeEngine();
+  std::vector<std::unique_ptr<Collector>> cs;
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 3; ++i) {
+    cs.push_back(std::make_unique<Collector>(2));
+    auto r = Greedy(RandomPrompt(50 + i, vocab(), 60 + i), 0);
+    r.n = 2;
+    auto id = engine->Submit(r, cs.back()->Callback());
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  for (auto& c : cs) {
+    while (c->TokensSoFar(1) < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_GT(engine->Stats().kv_blocks_used, 0);
+  for (RequestId id : ids) engine->Cancel(id);
+  for (auto& c : cs) {
+    ASSERT_TRUE(c->Wait());
+    EXPECT_EQ(c->completion(0).finish, FinishReason::kCancelled);
+    EXPECT_EQ(c->completion(1).finish, FinishReason::kCancelled);
+  }
+  ExpectAllFree(*engine);
+  engine->Cancel(ids[0]);  // finished: ignored
+  engine->Cancel(12345);   // unknown: ignored
+
+  // A request still in the queue is cancelled too.
+  engine->SetPausedForTesting(true);
+  Collector queued;
+  auto id = engine->Submit(Greedy(RandomPrompt(10, vocab(), 1), 5), queued.Callback());
+  ASSERT_TRUE(id.ok());
+  engine->Cancel(*id);
+  ASSERT_TRUE(queued.Wait());
+  EXPECT_EQ(queued.completion().finish, FinishReason::kCancelled);
+  EXPECT_TRUE(queued.completion().tokens.empty());
+  engine->SetPausedForTesting(false);
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, AdmissionErrors) {
+  auto o = SmallOptions();
+  o.max_context = 64;
+  auto engine = MakeEngine(o);
+  auto noop = [](const GenerationEvent&) {};
+  auto code = [&](GenerationRequest r) {
+    return engine->Submit(std::move(r), noop).status().code();
+  };
+  EXPECT_EQ(code(Greedy(RandomPrompt(64, vocab(), 1), 1)),
+            absl::StatusCode::kOutOfRange);  // no room for 1 token
+  EXPECT_EQ(code(Greedy({}, 1)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy({5, static_cast<int32_t>(vocab())}, 1)),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy({5, -1}, 1)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy({5}, -1)), absl::StatusCode::kInvalidArgument);
+  auto many = Greedy({5, 6}, 1);
+  many.n = 1000;
+  EXPECT_EQ(code(many), absl::StatusCode::kInvalidArgument);
+  many.n = 0;
+  EXPECT_EQ(code(many), absl::StatusCode::kInvalidArgument);
+  auto bad = Greedy({5, 6}, 1);
+  bad.sampling.top_p = 0;
+  EXPECT_EQ(code(bad), absl::StatusCode::kInvalidArgument);
+  bad = Greedy({5, 6}, 1);
+  bad.sampling.top_logprobs = 21;
+  EXPECT_EQ(code(bad), absl::StatusCode::kInvalidArgument);
+  bad = Greedy({5, 6}, 1);
+  bad.sampling.repetition_penalty = 0;
+  EXPECT_EQ(code(bad), absl::StatusCode::kInvalidArgument);
+  // A huge max_new_tokens is clamped to the context: 60 + 4 = 64.
+  const Completion c = RunAlone(*engine, Greedy(RandomPrompt(60, vocab(), 2), int64_t{1} << 40));
+  EXPECT_EQ(c.tokens.size(), 4u);
+  EXPECT_EQ(c.finish, FinishReason::kLength);
+  // 0 means "up to the context" as well.
+  EXPECT_EQ(RunAlone(*engine, Greedy(RandomPrompt(50, vocab(), 2), 0)).tokens.size(), 14u);
+  ExpectAllFree(*engine);
+
+  // Options that cannot work are refused at Create.
+  auto too_long = SmallOptions();
+  too_long.kv_blocks = 4;
+  too_long.max_context = 100;  // 4 blocks of 16 hold 64
+  EXPECT_EQ(LocalEngine::Create(too_long).status().code(), absl::StatusCode::kInvalidArgument);
+  // By default max_context is what the cache holds.
+  too_long.max_context = 0;
+  auto small = MakeEngine(too_long);
+  EXPECT_EQ(small->max_context(), 64);
+  EXPECT_EQ(small->Stats().kv_blocks_total, 4);
+}
+
+TEST_F(EngineTest, QueueFullIsResourceExhausted) {
+  auto o = SmallOptions();
+  o.max_queued_requests = 2;
+  auto engine = MakeEngine(o);
+  engine->SetPausedForTesting(true);
+  Collector a, b, d;
+  ASSERT_TRUE(engine->Submit(Greedy({5, 6, 7}, 3), a.Callback()).ok());
+  ASSERT_TRUE(engine->Submit(Greedy({5, 6, 8}, 3), b.Callback()).ok());
+  auto full = engine->Submit(Greedy({5, 6, 9}, 3), [](const GenerationEvent&) {});
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
+  EXPECT_EQ(engine->Stats().waiting, 2);
+  engine->SetPausedForTesting(false);
+  ASSERT_TRUE(a.Wait());
+  ASSERT_TRUE(b.Wait());
+  ASSERT_TRUE(engine->Submit(Greedy({5, 6, 9}, 3), d.Callback()).ok());  // room again
+  ASSERT_TRUE(d.Wait());
+  ExpectAllFree(*engine);
+}
+
+// A second request with the same long system prompt takes its full blocks from the prefix cache.
+TEST_F(EngineTest, PrefixReuseSkipsRecomputation) {
+  auto engine = MakeEngine();
+  const auto system = RandomPrompt(100, vocab(), 11);  // 6 full blocks of 16 (96 tokens)
+  auto with_tail = [&](uint64_t seed) {
+    auto p = system;
+    const auto tail = RandomPrompt(10, vocab(), seed);
+    p.insert(p.end(), tail.begin(), tail.end());
+    return p;
+  };
+  const EngineStats s0 = engine->Stats();
+  RunAlone(*engine, Greedy(with_tail(1), 5));
+  const EngineStats s1 = engine->Stats();
+  EXPECT_EQ(s1.prefill_tokens - s0.prefill_tokens, 110);
+  EXPECT_EQ(s1.prefix_hit_tokens - s0.prefix_hit_tokens, 0);
+  EXPECT_GT(s1.kv_blocks_cached, 0);
+
+  const auto second = with_tail(2);
+  const Completion got = RunAlone(*engine, Greedy(second, 16));
+  const EngineStats s2 = engine->Stats();
+  EXPECT_EQ(s2.prefix_hit_tokens - s1.prefix_hit_tokens, 96);
+  EXPECT_EQ(s2.prefill_tokens - s1.prefill_tokens, 110 - 96);
+
+  // The reused blocks hold the right latents: the same tokens as without any cache.
+  auto o = SmallOptions();
+  o.prefix_caching = false;
+  auto uncached = MakeEngine(o);
+  EXPECT_EQ(got.tokens, RunAlone(*uncached, Greedy(second, 16)).tokens);
+  EXPECT_EQ(uncached->Stats().prefix_hit_tokens, 0);
+
+  // A prompt that is exactly the cached blocks still computes its last block (for its logits).
+  const std::vector<int32_t> exact(system.begin(), system.begin() + 96);
+  RunAlone(*engine, Greedy(exact, 2));
+  const EngineStats s3 = engine->Stats();
+  EXPECT_EQ(s3.prefix_hit_tokens - s2.prefix_hit_tokens, 80);
+  EXPECT_EQ(s3.prefill_tokens - s2.prefill_tokens, 16);
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, StopTokenIds) {
+  auto engine = MakeEngine();
+  const auto prompt = RandomPrompt(20, vocab(), 21);
+  const auto full = RunAlone(*engine, Greedy(prompt, 24)).tokens;
+  ASSERT_EQ(full.size(), 24u);
+  // The first token after the third that has not appeared before it.
+  size_t k = 3;
+  while (k < full.size() && std::find(full.begin(), full.begin() + k, full[k]) != full.begin() + k)
+    ++k;
+  ASSERT_LT(k, full.size());
+  auto r = Greedy(prompt, 24);
+  r.stop_token_ids = {full[k], static_cast<int32_t>(vocab()) + 5};
+  const Completion c = RunAlone(*engine, r);
+  EXPECT_EQ(c.tokens, std::vector<int32_t>(full.begin(),
+                                           full.begin() + k + 1));  // the stop token is reported
+  EXPECT_EQ(c.finish, FinishReason::kStop);
+  // EOS: the engine's EOS id stops unless ignore_eos.
+  auto eos = Greedy(prompt, 24);
+  eos.ignore_eos = false;
+  eos.stop_token_ids = {};
+  const Completion e = RunAlone(*engine, eos);
+  const auto at = std::find(full.begin(), full.end(), engine->eos_token_id());
+  EXPECT_EQ(e.tokens, std::vector<int32_t>(full.begin(), at == full.end() ? full.end() : at + 1));
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, LogprobsAreNormalisedAndGreedyIsTheTop) {
+  auto engine = MakeEngine();
+  for (bool sampled : {false, true}) {
+    auto r = sampled ? Seeded(RandomPrompt(30, vocab(), 8), 16, 4)
+                     : Greedy(RandomPrompt(30, vocab(), 8), 16);
+    r.sampling.logprobs = true;
+    r.sampling.top_logprobs = 5;
+    const Completion c = RunAlone(*engine, r);
+    ASSERT_EQ(c.events.size(), 16u);
+    for (const GenerationEvent& ev : c.events) {
+      ASSERT_TRUE(ev.token.has_value());
+      ASSERT_EQ(ev.top_logprobs.size(), 5u);
+      EXPECT_LE(ev.logprob, 0.0f);
+      EXPECT_LE(std::exp(ev.logprob), 1.0f);
+      double mass = 0;
+      for (size_t i = 0; i < ev.top_logprobs.size(); ++i) {
+        mass += std::exp(ev.top_logprobs[i].logprob);
+        if (i > 0) {
+          EXPECT_LE(ev.top_logprobs[i].logprob, ev.top_logprobs[i - 1].logprob);
+        }
+      }
+      EXPECT_LE(mass, 1.0 + 1e-5);
+      EXPECT_LE(ev.logprob, ev.top_logprobs[0].logprob);
+      if (!sampled) {
+        EXPECT_EQ(ev.top_logprobs[0].token, *ev.token);
+        EXPECT_FLOAT_EQ(ev.top_logprobs[0].logprob, ev.logprob);
+      }
+    }
+  }
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, SeedsAndCompletions) {
+  auto engine = MakeEngine();
+  auto r = Seeded(RandomPrompt(70, vocab(), 3), 12, 42);
+  r.n = 3;
+  const EngineStats before = engine->Stats();
+  Collector a(3);
+  ASSERT_TRUE(engine->Submit(r, a.Callback()).ok());
+  ASSERT_TRUE(a.Wait());
+  // Completions 1 and 2 took completion 0's 4 full prompt blocks.
+  EXPECT_EQ(engine->Stats().prefix_hit_tokens - before.prefix_hit_tokens, 2 * 64);
+  Collector b(3);
+  ASSERT_TRUE(engine->Submit(r, b.Callback()).ok());
+  ASSERT_TRUE(b.Wait());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(a.completion(i).tokens.size(), 12u);
+    EXPECT_EQ(a.completion(i).tokens, b.completion(i).tokens) << "same seed, completion " << i;
+  }
+  EXPECT_NE(a.completion(0).tokens, a.completion(1).tokens);  // each completion its own stream
+  r.n = 1;
+  r.sampling.seed = 43;
+  EXPECT_NE(RunAlone(*engine, r).tokens, a.completion(0).tokens);
+  // Penalties change the choice and stay deterministic.
+  r.sampling.seed = 42;
+  r.sampling.repetition_penalty = 1.3f;
+  r.sampling.presence_penalty = 0.5f;
+  r.sampling.frequency_penalty = 0.5f;
+  EXPECT_EQ(RunAlone(*engine, r).tokens, RunAlone(*engine, r).tokens);
+  ExpectAllFree(*engine);
+}
+
+// Far more demand than KV blocks: sequences are preempted and recomputed, all finish with the
+// right lengths, and nothing leaks.
+TEST_F(EngineTest, PreemptionUnderBlockPressure) {
+  auto o = SmallOptions();
+  o.kv_blocks = 12;  // 192 tokens
+  o.max_step_tokens = 64;
+  auto engine = MakeEngine(o);
+  std::vector<std::unique_ptr<Collector>> cs;
+  for (int i = 0; i < 6; ++i) {
+    cs.push_back(std::make_unique<Collector>());
+    ASSERT_TRUE(
+        engine->Submit(Greedy(RandomPrompt(40 + i, vocab(), 90 + i), 100), cs.back()->Callback())
+            .ok());
+  }
+  for (auto& c : cs) {
+    ASSERT_TRUE(c->Wait());
+    EXPECT_EQ(c->completion().tokens.size(), 100u);
+    EXPECT_EQ(c->completion().finish, FinishReason::kLength);
+  }
+  EXPECT_GT(engine->Stats().preemptions, 0);
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, DrainFinishesThenCancels) {
+  auto engine = MakeEngine();
+  Collector quick, endless;
+  // The endless request's callback is slow (5 ms a token, on the engine's thread): its ~2500
+  // tokens cannot finish before the deadline, while the quick one's 6 steps surely do.
+  auto slow = [cb = endless.Callback()](const GenerationEvent& ev) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    cb(ev);
+  };
+  ASSERT_TRUE(engine->Submit(Greedy(RandomPrompt(10, vocab(), 1), 6), quick.Callback()).ok());
+  ASSERT_TRUE(engine->Submit(Greedy(RandomPrompt(10, vocab(), 2), 0), slow).ok());
+  engine->Drain(2000);
+  // Drain returns after every final event was delivered.
+  EXPECT_EQ(quick.completion().finish, FinishReason::kLength);
+  EXPECT_EQ(quick.completion().tokens.size(), 6u);
+  EXPECT_EQ(endless.completion().finish, FinishReason::kCancelled);
+  EXPECT_EQ(engine->Submit(Greedy({5}, 1), [](const GenerationEvent&) {}).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(engine->Stats().ready);
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, DestructionCancelsWhatIsLeft) {
+  Collector c;
+  {
+    auto engine = MakeEngine();
+    ASSERT_TRUE(engine->Submit(Greedy(RandomPrompt(10, vocab(), 2), 0), c.Callback()).ok());
+    while (c.TokensSoFar() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(c.completion().finish, FinishReason::kCancelled);
+}
+
+// Throughput through the engine (not a test: run with --gtest_also_run_disabled_tests).
+TEST_F(EngineTest, DISABLED_Throughput) {
+  for (int streams : {1, 8, 32}) {
+    auto o = SmallOptions();
+    o.kv_blocks = 4096;
+    o.max_batch_size = 64;
+    auto engine = MakeEngine(o);
+    std::vector<std::unique_ptr<Collector>> cs;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < streams; ++i) {
+      cs.push_back(std::make_unique<Collector>());
+      ASSERT_TRUE(
+          engine->Submit(Greedy(RandomPrompt(32, vocab(), i), 128), cs.back()->Callback()).ok());
+    }
+    for (auto& c : cs) ASSERT_TRUE(c->Wait(600));
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf(
+        "golden-a-fp8: %2d streams: %.0f generated tokens/s (%d x 128 in %.2f s, prompts 32)\n",
+        streams, streams * 128 / s, streams, s);
+  }
+}
+
+}  // namespace
+}  // namespace r1
