@@ -13,14 +13,18 @@ for f in .debs/*.deb; do
 done
 export LD_LIBRARY_PATH="$PREFIX/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 export PKG_CONFIG_PATH="$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$PREFIX"
-cmake -S . -B build-gpu -G Ninja -DR1_SERVICES=OFF -DR1_CUDA=on \
+# NCCL: the pip package nvidia-nccl-cu13 there (headers and libnccl.so.2), if the toolkit lacks it.
+NCCL_ROOT=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null || true)
+[ -n "$NCCL_ROOT" ] && export LD_LIBRARY_PATH="$NCCL_ROOT/lib:$LD_LIBRARY_PATH"
+cmake -S . -B build-gpu -G Ninja -DR1_SERVICES=OFF -DR1_CUDA=on -DNCCL_ROOT="$NCCL_ROOT" \
   -DCMAKE_PREFIX_PATH="$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
   -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include" -DCMAKE_CUDA_FLAGS="-isystem $PREFIX/usr/include" >/dev/null
-cmake --build build-gpu -j"$(nproc)" --target ${R1_GPU_TARGETS:-r1_cuda_tests r1_gpu_model_tests r1_tests r1}
+cmake --build build-gpu -j"$(nproc)" --target ${R1_GPU_TARGETS:-r1_cuda_tests r1_gpu_model_tests r1_nccl_tests r1_tests r1}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 status=0
 build-gpu/tests/cuda/r1_cuda_tests "$@" || status=1
 build-gpu/tests/cuda/r1_gpu_model_tests || status=1
+[ -x build-gpu/tests/cuda/r1_nccl_tests ] && { build-gpu/tests/cuda/r1_nccl_tests || status=1; }
 build-gpu/tests/r1_tests --gtest_brief=1 || status=1
 if [ "${R1_MEMCHECK:-0}" = 1 ]; then
   for t in r1_cuda_tests r1_gpu_model_tests; do
