@@ -16,6 +16,7 @@
 
 #include "common/config.h"
 #include "gtest/gtest.h"
+#include "tests/cuda/cuda_test_util.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/router.h"
 #include "kernels/cuda/sampling.h"
@@ -25,32 +26,8 @@
 namespace r1 {
 namespace {
 
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t n) {
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
-  }
-  explicit DeviceBuffer(const std::vector<T>& v) : DeviceBuffer(v.size()) {
-    EXPECT_EQ(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { cudaFree(ptr); }
-  std::vector<T> Download(size_t n) const {
-    std::vector<T> v(n);
-    EXPECT_EQ(cudaMemcpy(v.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return v;
-  }
-};
+using cuda_testing::DeviceBuffer;
+using cuda_testing::HaveGpu;
 
 bool Mentions(const absl::Status& s, const std::string& word) {
   return !s.ok() && std::string(s.message()).find(word) != std::string::npos;

@@ -9,6 +9,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "tests/cuda/cuda_test_util.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemv.h"
@@ -20,20 +21,8 @@
 namespace r1 {
 namespace {
 
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t n) { EXPECT_EQ(cudaMalloc(&ptr, n * sizeof(T)), cudaSuccess); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-};
+using cuda_testing::DeviceBuffer;
+using cuda_testing::HaveGpu;
 
 TEST(CudaKernels, RmsNormMatchesCpu) {
   SKIP_WITHOUT_GPU();
