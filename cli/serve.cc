@@ -13,7 +13,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeCommandOptions& o) {
       "serve",
       "Serve a model folder over HTTP: OpenAI-compatible /v1 (chat/completions, completions, "
       "models), Ollama-compatible /api (chat, generate, tags, show, ps, version), /health, "
-      "/ready and /metrics (Prometheus). Single process: the model runs in this process. "
+      "/ready and /metrics (Prometheus); with --grpc-listen also the gRPC API (r1serve.v1). "
+      "Single process: the model runs in this process. "
       "SIGTERM or Ctrl-C stops taking requests, finishes running ones (up to --drain-timeout) "
       "and exits; a second signal exits at once.");
   cmd->add_option("--model", o.engine.model_dir,
@@ -24,8 +25,12 @@ CLI::App* AddServeCommand(CLI::App& app, ServeCommandOptions& o) {
                   "Ollama clients find it; 0.0.0.0:PORT exposes it to the network (set "
                   "--api-key then)")
       ->capture_default_str();
+  cmd->add_option("--grpc-listen", o.serve.grpc_listen,
+                  "HOST:PORT for the internal gRPC API (proto/r1serve.proto: Generate, Chat, "
+                  "Tokenize, ListModels, Health), e.g. 127.0.0.1:50052; off when not given");
   cmd->add_option("--api-key", o.serve.api.api_key,
-                  "Require 'Authorization: Bearer KEY' on /v1 and /api (default: $R1_API_KEY; "
+                  "Require 'Authorization: Bearer KEY' on /v1 and /api, and the metadata "
+                  "'authorization: Bearer KEY' on gRPC calls but Health (default: $R1_API_KEY; "
                   "/health, /ready and /metrics stay open)");
   cmd->add_option("--served-model-name", o.serve.api.model_name,
                   "The model's name in the APIs (default: the folder's name)");

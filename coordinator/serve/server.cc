@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "coordinator/grpc_api/grpc_api.h"
 #include "coordinator/http/http_server.h"
 
 namespace r1 {
@@ -94,6 +95,23 @@ absl::Status RunServer(const ServeOptions& options, Engine& engine,
     api_ptr->metrics().CountResponse(http::ApiServer::EndpointLabel(path), status);
   };
   SignalWatch signals;
+  std::unique_ptr<grpc_api::GrpcApiServer> grpc;
+  if (!options.grpc_listen.empty()) {
+    grpc_api::GrpcApiOptions g;
+    g.listen = options.grpc_listen;
+    g.model_dir = options.api.model_dir;
+    g.model_name = (*api)->model_name();
+    g.api_key = options.api.api_key;
+    g.max_messages = options.api.max_messages;
+    g.max_tokens = options.api.max_tokens;
+    g.max_stop_strings = options.api.max_stop_strings;
+    g.max_stop_bytes = options.api.max_stop_bytes;
+    g.max_receive_bytes = static_cast<int>(std::min<size_t>(options.max_body_bytes, 1u << 30));
+    auto started = grpc_api::GrpcApiServer::Start(std::move(g), &engine, &(*api)->metrics());
+    if (!started.ok()) return Annotate(started.status(), "starting the gRPC API (--grpc-listen)");
+    grpc = std::move(*started);
+    R1_LOG(INFO) << "gRPC API (r1serve.v1) listening on " << grpc->address();
+  }
   auto server = http::HttpServer::Create(
       http_options, [api_ptr](http::HttpRequest request, std::shared_ptr<http::HttpExchange> ex) {
         api_ptr->Handle(std::move(request), std::move(ex));
@@ -113,10 +131,11 @@ absl::Status RunServer(const ServeOptions& options, Engine& engine,
   R1_LOG(INFO) << "draining: " << (*api)->active_requests() << " requests in progress, up to "
                << options.drain_timeout_ms << " ms";
   (*api)->SetDraining();
+  if (grpc) grpc->SetDraining();
   (*server)->StopAccepting();
   std::thread drain([&engine, &options] { engine.Drain(options.drain_timeout_ms); });
   // Requests cancelled at the deadline still write their last chunk: allow a moment for that.
-  while ((*api)->active_requests() > 0 &&
+  while (((*api)->active_requests() > 0 || (grpc && grpc->active_streams() > 0)) &&
          std::chrono::steady_clock::now() < deadline + std::chrono::seconds(2)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -126,6 +145,7 @@ absl::Status RunServer(const ServeOptions& options, Engine& engine,
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   (*server)->Shutdown();
+  if (grpc) grpc->Shutdown(std::chrono::milliseconds(100));
   R1_LOG(INFO) << "stopped";
   return absl::OkStatus();
 }

@@ -7,6 +7,10 @@
 // connections close; running requests go on until `drain_timeout_ms` (Engine::Drain cancels the
 // rest, whose streams end with finish_reason "abort"); then every connection closes. A second
 // signal exits at once.
+//
+// With `grpc_listen` set, the gRPC API (proto/r1serve.proto, coordinator/grpc_api) serves beside
+// HTTP on the same Engine, sharing its metrics; it drains with it (Health not ready, new calls
+// UNAVAILABLE, running streams finish or are cancelled at the deadline).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +32,9 @@ struct ServeOptions {
   int max_connections = 4096;
   int64_t drain_timeout_ms = 30'000;
   http::ApiOptions api;
+  // HOST:PORT of the gRPC API; empty (the default): off, so no second port opens unasked.
+  // `r1 serve --grpc-listen 127.0.0.1:50052` turns it on.
+  std::string grpc_listen;
 };
 
 // Splits "HOST:PORT" ("[::1]:8080", "localhost:0"); "localhost" becomes 127.0.0.1.
