@@ -36,6 +36,15 @@ void BlockManager::Evict(int64_t count) {
   }
 }
 
+void BlockManager::ForgetContents() {
+  Evict(num_cached());
+  for (const auto& [hash, block] : by_hash_) {
+    info_[block].hash.reset();
+    info_[block].tokens.clear();
+  }
+  by_hash_.clear();
+}
+
 absl::StatusOr<std::vector<int32_t>> BlockManager::Allocate(int64_t count) {
   if (count > num_available()) return allocator_.Allocate(count);  // the allocator's own error
   if (count > allocator_.num_free()) Evict(count - allocator_.num_free());

@@ -45,6 +45,10 @@ class BlockManager {
   void Register(int32_t block, uint64_t hash, uint64_t parent_hash,
                 absl::Span<const int32_t> tokens);
 
+  // Forgets every registered prefix (the cache's contents are gone): cached blocks are freed, and
+  // blocks in use stay with their users but will be freed, not cached, when released.
+  void ForgetContents();
+
   int64_t num_blocks() const { return allocator_.num_blocks(); }
   int64_t block_size() const { return block_size_; }
   // Blocks with at least one user.

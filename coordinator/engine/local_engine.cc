@@ -49,16 +49,20 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Create(Options options
                                                    "max_queued_requests must not be negative"));
   }
   std::unique_ptr<LocalEngine> e(new LocalEngine(std::move(options)));
-  if (e->options_.model) {
-    e->model_ = e->options_.model;
+  if (e->options_.executor) {
+    e->executor_ = e->options_.executor;
+  } else if (e->options_.model) {
+    e->executor_ = std::make_shared<ModelExecutor>(e->options_.model);
   } else {
     R1_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(e->options_.model_dir));
-    e->model_ = std::move(model);
+    e->executor_ = std::make_shared<ModelExecutor>(std::move(model));
   }
-  const ModelConfig& c = e->model_->config();
+  const ModelConfig& c = e->executor_->config();
+  if (e->executor_->fixed_block_size() > 0) e->options_.block_size = e->executor_->fixed_block_size();
   const int64_t bs = e->options_.block_size;
   const int64_t blocks_per_context = (c.max_position_embeddings + bs - 1) / bs;
-  int64_t num_blocks = e->options_.kv_blocks;
+  int64_t num_blocks = e->executor_->fixed_kv_blocks();
+  if (num_blocks == 0) num_blocks = e->options_.kv_blocks;
   if (num_blocks == 0) {
     const int64_t block_bytes =
         static_cast<int64_t>(sizeof(float)) * bs * c.num_hidden_layers * c.kv_latent_dim();
@@ -81,14 +85,14 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Create(Options options
         std::min(c.max_position_embeddings, cache_tokens), "] (max_position_embeddings ",
         c.max_position_embeddings, ", KV cache ", num_blocks, " blocks of ", bs, " tokens)"));
   }
-  R1_ASSIGN_OR_RETURN(PagedKvCache cache,
-                      PagedKvCache::Create(num_blocks, bs, c.num_hidden_layers, c.kv_latent_dim()));
-  e->cache_ = std::make_unique<PagedKvCache>(std::move(cache));
+  if (e->executor_->fixed_kv_blocks() == 0) {
+    R1_RETURN_IF_ERROR(e->executor_->CreateCache(num_blocks, bs));
+  }
+  e->epoch_ = e->executor_->cache_epoch();
   e->blocks_ = std::make_unique<BlockManager>(num_blocks, bs);
   e->eos_token_id_ = static_cast<int32_t>(c.eos_token_id);
   e->stats_.kv_blocks_total = num_blocks;
   e->stats_.max_context = e->max_context_;
-  e->stats_.ready = true;
   e->thread_ = std::thread([engine = e.get()] { engine->Loop(); });
   return e;
 }
@@ -104,7 +108,7 @@ LocalEngine::~LocalEngine() {
 
 absl::StatusOr<RequestId> LocalEngine::Submit(
     GenerationRequest request, std::function<void(const GenerationEvent&)> on_event) {
-  const ModelConfig& c = model_->config();
+  const ModelConfig& c = executor_->config();
   const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
   if (prompt_len == 0) return absl::InvalidArgumentError("the prompt is empty");
   if (prompt_len + 1 > max_context_) {
@@ -142,6 +146,8 @@ absl::StatusOr<RequestId> LocalEngine::Submit(
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_ || draining_)
       return absl::UnavailableError("the engine is draining and accepts no new requests");
+    if (std::string why; !executor_->Ready(&why))
+      return absl::UnavailableError(absl::StrCat("not ready: ", why));
     if (queued_requests_ >= options_.max_queued_requests) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the request queue is full (", queued_requests_, " requests waiting); retry later"));
@@ -185,13 +191,14 @@ EngineStats LocalEngine::Stats() const {
   s.waiting = static_cast<int64_t>(waiting_.size());
   s.kv_blocks_used = blocks_->num_used();
   s.kv_blocks_cached = blocks_->num_cached();
+  std::string why;
+  s.ready = !draining_ && !stop_ && executor_->Ready(&why);
   return s;
 }
 
 void LocalEngine::Drain(int64_t deadline_ms) {
   std::unique_lock<std::mutex> lock(mu_);
   draining_ = true;
-  stats_.ready = false;
   auto quiet = [&] { return live_.empty() && deliveries_pending_ == 0; };
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(std::max<int64_t>(deadline_ms, 0));
@@ -233,6 +240,7 @@ void LocalEngine::Loop() {
     std::vector<Sequence*> step;
     std::vector<int64_t> chunks;
     bool stopping = false;
+    uint64_t epoch = 0;
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_cv_.wait(
@@ -242,8 +250,22 @@ void LocalEngine::Loop() {
       if (stopping) {
         CancelAllLocked(&out);
       } else if (!paused_) {
-        step = Schedule(&chunks);
+        std::string why;
+        if (!executor_->Ready(&why)) {
+          const auto now = std::chrono::steady_clock::now();
+          if (!not_ready_since_) not_ready_since_ = now;
+          if (now - *not_ready_since_ > std::chrono::milliseconds(options_.not_ready_timeout_ms)) {
+            FailAllLocked(absl::UnavailableError(absl::StrCat(
+                              "not ready for ", options_.not_ready_timeout_ms / 1000.0, " s: ", why)),
+                          &out);
+          }
+        } else {
+          not_ready_since_.reset();
+          if (executor_->cache_epoch() != epoch_) ResyncCacheLocked();
+          step = Schedule(&chunks);
+        }
       }
+      epoch = epoch_;
       batch.resize(step.size());
       for (size_t i = 0; i < step.size(); ++i) {
         const Sequence* s = step[i];
@@ -265,10 +287,10 @@ void LocalEngine::Loop() {
       // Nothing could be scheduled although work exists (e.g. paused): wait for a change rather
       // than spin.
       std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait_for(lock, std::chrono::milliseconds(2));
+      work_cv_.wait_for(lock, std::chrono::milliseconds(not_ready_since_ ? 20 : 2));
       continue;
     }
-    auto logits = model_->Forward(batch, *cache_);
+    auto logits = executor_->Forward(batch, epoch);
     {
       std::lock_guard<std::mutex> lock(mu_);
       Finish(step, chunks, logits, &out);
@@ -431,7 +453,7 @@ void LocalEngine::RegisterFullBlocks(Sequence* seq) {
 void LocalEngine::Finish(const std::vector<Sequence*>& step, const std::vector<int64_t>& chunks,
                          const absl::StatusOr<std::vector<std::vector<float>>>& logits,
                          std::vector<Delivery>* out) {
-  const int64_t vocab = model_->config().vocab_size;
+  const int64_t vocab = executor_->config().vocab_size;
   for (size_t i = 0; i < step.size(); ++i) {
     Sequence* s = step[i];
     s->in_step = false;
@@ -515,6 +537,23 @@ void LocalEngine::ProcessCancellationsLocked(std::vector<Delivery>* out) {
       EndSequence(s.get(), FinishReason::kCancelled, absl::OkStatus(), out);
   }
   cancel_requests_.clear();
+}
+
+void LocalEngine::FailAllLocked(const absl::Status& error, std::vector<Delivery>* out) {
+  const auto requests = live_;
+  for (const auto& r : requests) {
+    for (const auto& s : r->sequences) EndSequence(s.get(), FinishReason::kError, error, out);
+  }
+}
+
+void LocalEngine::ResyncCacheLocked() {
+  // Youngest first: each goes to the queue's front, so the oldest ends up first again.
+  std::vector<Sequence*> running = running_;
+  std::sort(running.begin(), running.end(),
+            [](const Sequence* a, const Sequence* b) { return a->priority > b->priority; });
+  for (Sequence* s : running) Preempt(s);
+  blocks_->ForgetContents();
+  epoch_ = executor_->cache_epoch();
 }
 
 void LocalEngine::CancelAllLocked(std::vector<Delivery>* out) {

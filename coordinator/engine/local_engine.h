@@ -1,7 +1,9 @@
-// LocalEngine: the Engine of single-process mode. One scheduler thread runs continuous batching
-// over an in-process DeepseekV3Model (CPU reference) and its PagedKvCache.
+// LocalEngine: the scheduler, running in this process. One scheduler thread runs continuous
+// batching; its forward steps run on a StepExecutor: by default the in-process DeepseekV3Model
+// (CPU reference) and its PagedKvCache (single-process mode, `r1 serve`), or the worker group
+// (PoolExecutor, `r1-coordinator --http-listen`).
 //
-// Scheduling policy (one step = one DeepseekV3Model::Forward):
+// Scheduling policy (one step = one StepExecutor::Forward):
 //  - Every running sequence that is decoding contributes its one token first (oldest first).
 //  - Then prefill chunks — sequences still prefilling, oldest first, then newly admitted ones
 //    from the FIFO queue — fill what is left of the per-step token budget (chunked prefill): a
@@ -26,8 +28,15 @@
 //  - Cancel and Drain release blocks at the next step boundary (the step in flight, at most one,
 //    finishes first), before the completion's final kCancelled event is delivered.
 //  - Callbacks run on the scheduler thread with no lock held (they may call Stats or Cancel).
+//  - An executor that is not ready (a worker group missing a rank): Submit answers UNAVAILABLE
+//    with the reason and Stats().ready is false; no step runs; requests already accepted wait up
+//    to not_ready_timeout_ms for it to come back, then fail with UNAVAILABLE. A failed step fails
+//    its sequences with the executor's error. When the executor's cache_epoch() changes (the
+//    group formed again: the workers' caches are new), the prefix cache is dropped and running
+//    sequences are recomputed from their tokens, so no sequence reads KV content that is gone.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -42,6 +51,7 @@
 #include "coordinator/engine/block_manager.h"
 #include "coordinator/engine/engine.h"
 #include "coordinator/engine/sampling.h"
+#include "coordinator/engine/step_executor.h"
 #include "worker/model/deepseek_v3.h"
 
 namespace r1 {
@@ -52,6 +62,9 @@ class LocalEngine : public Engine {
     std::string model_dir;
     // An already loaded model to use instead of loading model_dir (tests share one).
     std::shared_ptr<const DeepseekV3Model> model;
+    // Where steps run instead of an in-process model (model_dir and model are then unused).
+    std::shared_ptr<StepExecutor> executor;
+    int64_t not_ready_timeout_ms = 30'000;  // accepted requests wait this long for the executor
     int64_t block_size = 16;              // tokens per KV block
     int64_t kv_blocks = 0;                // 0: from kv_memory_bytes
     int64_t kv_memory_bytes = 1ll << 30;  // the cache's budget when kv_blocks is 0 (float32 on CPU)
@@ -73,7 +86,7 @@ class LocalEngine : public Engine {
   int64_t max_context() const override { return max_context_; }
   int32_t eos_token_id() const override { return eos_token_id_; }
 
-  const ModelConfig& config() const { return model_->config(); }
+  const ModelConfig& config() const { return executor_->config(); }
   // Tests: while paused the scheduler runs no step (requests queue up, Submit still answers).
   void SetPausedForTesting(bool paused);
 
@@ -108,13 +121,17 @@ class LocalEngine : public Engine {
   void EndSequence(Sequence* seq, FinishReason reason, const absl::Status& error,
                    std::vector<Delivery>* out, std::optional<GenerationEvent> last = std::nullopt);
   void CancelAllLocked(std::vector<Delivery>* out);
+  void FailAllLocked(const absl::Status& error, std::vector<Delivery>* out);
+  // The executor's cache was replaced: forget cached prefixes, recompute running sequences.
+  void ResyncCacheLocked();
   void ProcessCancellationsLocked(std::vector<Delivery>* out);
   bool IdleLocked() const { return running_.empty() && waiting_.empty(); }
   std::shared_ptr<Request> live_request(const Request* r) const;
 
   Options options_;
-  std::shared_ptr<const DeepseekV3Model> model_;
-  std::unique_ptr<PagedKvCache> cache_;
+  std::shared_ptr<StepExecutor> executor_;
+  uint64_t epoch_ = 0;  // the executor's cache_epoch() the block state belongs to
+  std::optional<std::chrono::steady_clock::time_point> not_ready_since_;
   std::unique_ptr<BlockManager> blocks_;
   int64_t max_context_ = 0;
   int32_t eos_token_id_ = -1;

@@ -487,6 +487,165 @@ TEST_F(EngineTest, DestructionCancelsWhatIsLeft) {
 }
 
 // Throughput through the engine (not a test: run with --gtest_also_run_disabled_tests).
+// An executor standing for a worker group: the in-process model, but the test can take it down
+// (not ready), make its next steps fail, and replace its cache (a group formed again: the cache
+// is wiped and its epoch changes).
+class FlakyExecutor : public StepExecutor {
+ public:
+  FlakyExecutor() : inner_(GoldenA()) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  absl::Status CreateCache(int64_t num_blocks, int64_t block_size) override {
+    num_blocks_ = num_blocks;
+    block_size_ = block_size;
+    return inner_.CreateCache(num_blocks, block_size);
+  }
+  absl::StatusOr<std::vector<std::vector<float>>> Forward(const std::vector<SequenceStep>& batch,
+                                                          uint64_t epoch) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++steps_;
+      if (fail_steps_ > 0) {
+        --fail_steps_;
+        return absl::UnavailableError("rank 1 is gone");
+      }
+      if (epoch != epoch_) return absl::UnavailableError("stale epoch");
+    }
+    return inner_.Forward(batch, epoch);
+  }
+  bool Ready(std::string* why) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ready_) *why = "waiting for rank 1";
+    return ready_;
+  }
+  uint64_t cache_epoch() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return epoch_;
+  }
+  void SetReady(bool ready) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ready_ = ready;
+  }
+  void FailNextSteps(int n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_steps_ = n;
+  }
+  // A new cache: every block's content is gone (a fresh cache of the same size).
+  void ReplaceCache() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSERT_TRUE(inner_.CreateCache(num_blocks_, block_size_).ok());
+    ++epoch_;
+  }
+  int64_t steps() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return steps_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  ModelExecutor inner_;
+  bool ready_ = true;
+  int fail_steps_ = 0;
+  uint64_t epoch_ = 1;
+  int64_t steps_ = 0, num_blocks_ = 0, block_size_ = 0;
+};
+
+TEST_F(EngineTest, ExecutorNotReadyRefusesThenTimesOutQueuedRequests) {
+  auto executor = std::make_shared<FlakyExecutor>();
+  LocalEngine::Options o = SmallOptions();
+  o.executor = executor;
+  o.not_ready_timeout_ms = 300;
+  auto engine = MakeEngine(o);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_TRUE(engine->Stats().ready);
+  // Accepted while ready, then the executor goes away before the request can run.
+  engine->SetPausedForTesting(true);
+  Collector queued;
+  ASSERT_TRUE(engine->Submit(Greedy(RandomPrompt(20, vocab(), 1), 8), queued.Callback()).ok());
+  executor->SetReady(false);
+  EXPECT_FALSE(engine->Stats().ready);
+  Collector refused;
+  auto id = engine->Submit(Greedy(RandomPrompt(20, vocab(), 2), 8), refused.Callback());
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(id.status().message().find("waiting for rank 1"), std::string::npos) << id.status();
+  const auto t0 = std::chrono::steady_clock::now();
+  engine->SetPausedForTesting(false);
+  ASSERT_TRUE(queued.Wait(10));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(queued.completion().finish, FinishReason::kError);
+  EXPECT_EQ(queued.completion().error.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(queued.completion().error.message().find("waiting for rank 1"), std::string::npos);
+  EXPECT_GE(waited, 0.25);
+  EXPECT_LT(waited, 5.0);
+  EXPECT_EQ(executor->steps(), 0);
+  ExpectAllFree(*engine);
+  // Back: serves again, the same tokens as an engine that never saw a fault.
+  executor->SetReady(true);
+  const auto prompt = RandomPrompt(33, vocab(), 3);
+  const Completion got = RunAlone(*engine, Greedy(prompt, 12));
+  const Completion want = RunAlone(*MakeEngine(), Greedy(prompt, 12));
+  EXPECT_EQ(got.tokens, want.tokens);
+  ExpectAllFree(*engine);
+}
+
+TEST_F(EngineTest, FailedStepFailsItsSequencesWithTheReason) {
+  auto executor = std::make_shared<FlakyExecutor>();
+  LocalEngine::Options o = SmallOptions();
+  o.executor = executor;
+  auto engine = MakeEngine(o);
+  ASSERT_NE(engine, nullptr);
+  executor->FailNextSteps(1);
+  const Completion failed = RunAlone(*engine, Greedy(RandomPrompt(40, vocab(), 4), 8));
+  EXPECT_EQ(failed.finish, FinishReason::kError);
+  EXPECT_NE(failed.error.message().find("rank 1 is gone"), std::string::npos) << failed.error;
+  EXPECT_TRUE(failed.tokens.empty());
+  ExpectAllFree(*engine);
+}
+
+// The cache is replaced while sequences are mid-generation and while their prompts sit in the
+// prefix cache: the engine must recompute, never read the lost content. Every completion equals
+// the same request on an engine that never saw the fault.
+TEST_F(EngineTest, ReplacedCacheIsRecomputedNotRead) {
+  auto executor = std::make_shared<FlakyExecutor>();
+  LocalEngine::Options o = SmallOptions();
+  o.executor = executor;
+  auto engine = MakeEngine(o);
+  ASSERT_NE(engine, nullptr);
+  auto reference = MakeEngine();
+  const auto shared_prefix = RandomPrompt(64, vocab(), 5);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 6; ++i) {
+    auto prompt = shared_prefix;
+    const auto tail = RandomPrompt(5 + i, vocab(), 50 + i);
+    prompt.insert(prompt.end(), tail.begin(), tail.end());
+    requests.push_back(i % 2 ? Seeded(prompt, 40, 7 + i) : Greedy(prompt, 40));
+  }
+  // Warm the prefix cache with the shared prefix, then replace the cache.
+  RunAlone(*engine, Greedy(shared_prefix, 2));
+  executor->ReplaceCache();
+  std::vector<std::unique_ptr<Collector>> collectors;
+  for (const auto& r : requests) {
+    collectors.push_back(std::make_unique<Collector>());
+    ASSERT_TRUE(engine->Submit(r, collectors.back()->Callback()).ok());
+  }
+  // Mid-generation: replace it again once every sequence has some tokens.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline &&
+         !std::all_of(collectors.begin(), collectors.end(),
+                      [](const auto& c) { return c->TokensSoFar() >= 5; })) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  executor->ReplaceCache();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(collectors[i]->Wait());
+    const Completion want = RunAlone(*reference, requests[i]);
+    EXPECT_EQ(collectors[i]->completion().finish, FinishReason::kLength) << i;
+    EXPECT_EQ(collectors[i]->completion().tokens, want.tokens) << "request " << i;
+  }
+  EXPECT_GT(engine->Stats().preemptions, 0);
+  ExpectAllFree(*engine);
+}
+
 TEST_F(EngineTest, DISABLED_Throughput) {
   for (int streams : {1, 8, 32}) {
     auto o = SmallOptions();

@@ -1,0 +1,85 @@
+#include "coordinator/pool/pool_executor.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace r1 {
+
+namespace pb = worker::v1;
+
+absl::StatusOr<std::unique_ptr<PoolExecutor>> PoolExecutor::Create(WorkerPool* pool,
+                                                                   ModelConfig config) {
+  std::unique_ptr<PoolExecutor> e(new PoolExecutor(pool, std::move(config)));
+  auto blocks = pool->AllocateBlocks(pool->options().kv_blocks);
+  if (!blocks.ok()) return Annotate(blocks.status(), "taking the workers' KV blocks for the scheduler");
+  e->blocks_ = std::move(*blocks);
+  return e;
+}
+
+PoolExecutor::~PoolExecutor() { pool_->FreeBlocks(blocks_); }
+
+absl::StatusOr<uint64_t> PoolExecutor::CheckedGroup() const {
+  R1_ASSIGN_OR_RETURN(auto group, pool_->ReadyGroup());
+  const ModelFacts& f = group.second;
+  if (f.vocab_size != config_.vocab_size || f.eos_token_id != config_.eos_token_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the workers' model (vocab ", f.vocab_size, ", EOS ", f.eos_token_id,
+        ") is not the coordinator's --model (vocab ", config_.vocab_size, ", EOS ",
+        config_.eos_token_id, "): give both the same folder"));
+  }
+  return group.first;
+}
+
+bool PoolExecutor::Ready(std::string* why) const {
+  auto group = CheckedGroup();
+  if (!group.ok()) {
+    *why = std::string(group.status().message());
+    return false;
+  }
+  last_group_.store(*group);
+  return true;
+}
+
+uint64_t PoolExecutor::cache_epoch() const {
+  auto group = CheckedGroup();
+  if (group.ok()) last_group_.store(*group);
+  return last_group_.load();
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> PoolExecutor::Forward(
+    const std::vector<SequenceStep>& batch, uint64_t epoch) {
+  pb::Step step;
+  for (const SequenceStep& s : batch) {
+    pb::SequenceStep* out = step.add_sequences();
+    // Sampling happens in the engine: the id only has to be unique among the step's entries.
+    out->set_sequence_id(static_cast<uint64_t>(step.sequences_size()));
+    out->mutable_tokens()->Assign(s.tokens.begin(), s.tokens.end());
+    out->set_start_position(s.start_position);
+    for (int32_t b : s.block_table) {
+      if (b < 0 || b >= static_cast<int32_t>(blocks_.size())) {
+        return absl::InternalError(absl::StrCat("block ", b, " outside the engine's ", blocks_.size()));
+      }
+      out->add_block_table(blocks_[b]);
+    }
+    out->set_sample(false);
+    out->set_return_logits(true);
+  }
+  if (epoch == 0) return absl::UnavailableError("the workers are not ready");
+  R1_ASSIGN_OR_RETURN(pb::StepResult result, pool_->RunStep(std::move(step), epoch));
+  if (result.sequences_size() != static_cast<int>(batch.size())) {
+    return absl::InternalError(absl::StrCat("rank 0 answered ", result.sequences_size(),
+                                            " sequences for a step of ", batch.size()));
+  }
+  std::vector<std::vector<float>> logits(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const auto& row = result.sequences(static_cast<int>(i)).logits();
+    if (row.size() != config_.vocab_size) {
+      return absl::InternalError(absl::StrCat("rank 0 sent ", row.size(), " logits for sequence ", i,
+                                              "; the vocabulary has ", config_.vocab_size));
+    }
+    logits[i].assign(row.begin(), row.end());
+  }
+  return logits;
+}
+
+}  // namespace r1

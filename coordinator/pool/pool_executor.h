@@ -1,0 +1,54 @@
+// PoolExecutor: the scheduler's steps (LocalEngine) run on the worker group. Each step goes to
+// every rank (WorkerPool::RunStep); rank 0 answers with the logits of each sequence's last new
+// token, and the engine samples them exactly as in single-process mode (penalties, seeds,
+// logprobs), so the group gives the same tokens as `r1 serve` on one process.
+//
+// The KV cache lives in the workers (--kv-blocks blocks of --block-size tokens each): at start the
+// executor takes every block of the pool for the engine, so the engine's block ids 0..N-1 map to
+// the pool's. Its epoch is the group: when a rank is lost the group breaks (not ready, with the
+// pool's reason) and when it forms again the workers' caches are new, so the engine recomputes.
+//
+// Cost: the logits cross the network as float32 (vocab × 4 bytes per sequence per step: 517 KB
+// for R1's vocabulary). Sampling on rank 0 for requests without penalties or logprobs would cut
+// that to a token; see docs/design.md.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "coordinator/engine/step_executor.h"
+#include "coordinator/pool/worker_pool.h"
+
+namespace r1 {
+
+class PoolExecutor : public StepExecutor {
+ public:
+  // `config` is the coordinator's copy of the model's config.json (its --model folder): the
+  // group's rank 0 must report the same vocabulary and EOS, or the executor stays not ready.
+  static absl::StatusOr<std::unique_ptr<PoolExecutor>> Create(WorkerPool* pool, ModelConfig config);
+  ~PoolExecutor() override;
+
+  const ModelConfig& config() const override { return config_; }
+  int64_t fixed_kv_blocks() const override { return static_cast<int64_t>(blocks_.size()); }
+  int64_t fixed_block_size() const override { return pool_->options().block_size; }
+  absl::Status CreateCache(int64_t, int64_t) override {
+    return absl::FailedPreconditionError("the workers make their own KV cache");
+  }
+  absl::StatusOr<std::vector<std::vector<float>>> Forward(const std::vector<SequenceStep>& batch,
+                                                          uint64_t epoch) override;
+  bool Ready(std::string* why) const override;
+  uint64_t cache_epoch() const override;
+
+ private:
+  PoolExecutor(WorkerPool* pool, ModelConfig config) : pool_(pool), config_(std::move(config)) {}
+  // The group's model, checked against config_; the reason when not ready.
+  absl::StatusOr<uint64_t> CheckedGroup() const;
+
+  WorkerPool* pool_;
+  ModelConfig config_;
+  std::vector<int32_t> blocks_;  // the engine's block i is the pool's blocks_[i]
+  mutable std::atomic<uint64_t> last_group_{0};
+};
+
+}  // namespace r1
