@@ -129,6 +129,61 @@ std::optional<ApiError> ApiServer::CheckPromptFits(size_t prompt_tokens) const {
   return std::nullopt;
 }
 
+std::optional<ApiError> ApiServer::ParseTools(const Json& body, std::vector<ToolSpec>* out) const {
+  out->clear();
+  auto it = body.find("tools");
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_array()) return ApiError::BadRequest("'tools': expected an array", "tools");
+  if (it->size() > options_.max_tools) {
+    return ApiError::BadRequest(
+        absl::StrCat("'tools': at most ", options_.max_tools, " tools, got ", it->size()), "tools");
+  }
+  std::vector<ToolSpec> tools;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const Json& t = (*it)[i];
+    const std::string where = absl::StrCat("tools[", i, "]");
+    if (!t.is_object()) return ApiError::BadRequest(where + ": expected an object", where);
+    if (auto type = t.find("type"); type != t.end() && !(type->is_string() && *type == "function")) {
+      return ApiError::BadRequest(where + ".type: only \"function\" tools are supported", where);
+    }
+    auto fn = t.find("function");
+    if (fn == t.end() || !fn->is_object()) {
+      return ApiError::BadRequest(where + ".function: expected an object", where);
+    }
+    ToolSpec spec;
+    auto name = fn->find("name");
+    if (name == fn->end() || !name->is_string() || !IsValidToolName(name->get<std::string>())) {
+      return ApiError::BadRequest(
+          where + ".function.name: 1 to 64 letters, digits, '_', '-' or '.'", where);
+    }
+    spec.name = name->get<std::string>();
+    for (const ToolSpec& other : tools) {
+      if (other.name == spec.name) {
+        return ApiError::BadRequest(where + ": a second tool named '" + spec.name + "'", where);
+      }
+    }
+    if (auto d = fn->find("description"); d != fn->end() && !d->is_null()) {
+      if (!d->is_string()) return ApiError::BadRequest(where + ".function.description: expected a string", where);
+      spec.description = d->get<std::string>();
+    }
+    if (auto p = fn->find("parameters"); p != fn->end() && !p->is_null()) {
+      if (!p->is_object()) return ApiError::BadRequest(where + ".function.parameters: expected an object", where);
+      spec.parameters = p->dump(-1, ' ', /*ensure_ascii=*/false, Json::error_handler_t::replace);
+    }
+    tools.push_back(std::move(spec));
+  }
+  if (auto choice = body.find("tool_choice"); choice != body.end() && !choice->is_null()) {
+    if (choice->is_string() && *choice == "none") return std::nullopt;
+    if (!(choice->is_string() && *choice == "auto")) {
+      return ApiError::BadRequest(
+          "tool_choice: only \"auto\" (the model decides) and \"none\" are supported",
+          "tool_choice", "unsupported");
+    }
+  }
+  *out = std::move(tools);
+  return std::nullopt;
+}
+
 std::optional<ApiError> ApiServer::ParseMessages(const Json& body, bool ollama,
                                                  std::vector<ChatMessage>* out) const {
   auto it = body.find("messages");

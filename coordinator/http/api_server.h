@@ -29,6 +29,7 @@ struct ApiOptions {
   std::string model_name;  // the served name; empty: the model folder's name
   std::string api_key;     // empty: no authentication
   size_t max_messages = 1024;
+  size_t max_tools = 128;
   int32_t max_n = 16;
   int64_t max_tokens = 0;  // upper bound of max_tokens / num_predict; 0: the engine's context
   size_t max_stop_strings = 16;
@@ -67,6 +68,9 @@ class ApiServer {
   // Parses OpenAI / Ollama "messages" into ChatMessage; `ollama` selects Ollama's tool-call shape.
   std::optional<ApiError> ParseMessages(const Json& body, bool ollama,
                                         std::vector<ChatMessage>* out) const;
+  // Parses "tools" (both APIs use OpenAI's shape) and "tool_choice" (auto / none). Empty `out`:
+  // no tools, or tool_choice "none".
+  std::optional<ApiError> ParseTools(const Json& body, std::vector<ToolSpec>* out) const;
   std::optional<ApiError> CheckPromptFits(size_t prompt_tokens) const;
   // Starts a job and counts it as active until it is done.
   absl::StatusOr<std::shared_ptr<GenerationJob>> StartJob(

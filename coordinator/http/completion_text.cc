@@ -50,7 +50,28 @@ CompletionText::CompletionText(const Tokenizer& tokenizer, Options options)
       options_(std::move(options)),
       decoder_(tokenizer, /*skip_special=*/true),
       stop_(options_.stop),
-      parser_(options_.starts_in_reasoning) {}
+      parser_(options_.starts_in_reasoning) {
+  if (options_.parse_tool_calls) {
+    tools_begin_id_ = tokenizer_.TokenToId(kToolCallsBegin);
+    tools_end_id_ = tokenizer_.TokenToId(kToolCallsEnd);
+  }
+}
+
+void CompletionText::EndToolBlock(bool at_finish, TextDelta* out) {
+  in_tool_block_ = false;
+  const std::string text = tokenizer_.Decode(tool_block_, /*skip_special=*/false);
+  tool_block_.clear();
+  bool complete = false;
+  auto calls = ParseToolCallBlock(text, &complete);
+  if (calls.ok() && (complete || at_finish)) {
+    out->tool_calls.insert(out->tool_calls.end(), calls->begin(), calls->end());
+    return;
+  }
+  // Not a tool call after all: the model's text, as it wrote it.
+  ReasoningParser::Delta d;
+  d.content = text;
+  Route(d, out);
+}
 
 void CompletionText::Route(const ReasoningParser::Delta& d, TextDelta* out) {
   out->reasoning += d.reasoning;
@@ -90,6 +111,24 @@ TextDelta CompletionText::Push(const GenerationEvent& event) {
         t.top.push_back(info(alt.token, alt.logprob));
       out.logprobs.push_back(std::move(t));
     }
+    // A tool-call block in the answer is collected whole, outside the text path.
+    const bool answering = !options_.split_reasoning ||
+                           !(parser_.in_reasoning() ||
+                             (options_.starts_in_reasoning && !parser_.reasoning_ended()));
+    if (in_tool_block_ || (tools_begin_id_ && id == *tools_begin_id_ && answering)) {
+      in_tool_block_ = true;
+      tool_block_.push_back(id);
+      if (tools_end_id_ && id == *tools_end_id_) EndToolBlock(/*at_finish=*/false, &out);
+      if (event.finish != FinishReason::kNone) {
+        if (in_tool_block_) EndToolBlock(/*at_finish=*/true, &out);
+        if (options_.split_reasoning) Route(parser_.Finish(), &out);
+        out.finished = true;
+        out.finish = event.finish;
+        out.error = event.error;
+        finished_ = true;
+      }
+      return out;
+    }
     bool matched = false;
     const std::string text = stop_.Feed(decoder_.Push(id), &matched);
     if (options_.split_reasoning) {
@@ -107,6 +146,7 @@ TextDelta CompletionText::Push(const GenerationEvent& event) {
     }
   }
   if (event.finish != FinishReason::kNone) {
+    if (in_tool_block_) EndToolBlock(/*at_finish=*/true, &out);
     bool matched = false;
     std::string text = stop_.Feed(decoder_.Finish(), &matched);
     if (!matched) text += stop_.Flush();

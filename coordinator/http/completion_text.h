@@ -8,11 +8,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
 #include "coordinator/chat/reasoning_parser.h"
+#include "coordinator/chat/tool_calls.h"
 #include "coordinator/engine/engine.h"
 #include "coordinator/tokenizer/incremental_decoder.h"
 #include "coordinator/tokenizer/tokenizer.h"
@@ -45,13 +47,15 @@ struct TokenLogprobInfo {
 
 struct TextDelta {
   std::string reasoning, content;
+  std::vector<ToolCall> tool_calls;  // a complete tool-call block, parsed
   std::vector<TokenLogprobInfo> logprobs;
   bool finished = false;
   FinishReason finish = FinishReason::kNone;
   bool stopped_by_string = false;
   absl::Status error;
   bool empty() const {
-    return reasoning.empty() && content.empty() && logprobs.empty() && !finished;
+    return reasoning.empty() && content.empty() && tool_calls.empty() && logprobs.empty() &&
+           !finished;
   }
 };
 
@@ -62,6 +66,9 @@ class CompletionText {
     bool split_reasoning = true;       // false: everything is content (raw completions)
     bool starts_in_reasoning = false;  // the prompt opened <think>
     bool logprobs = false;
+    // The request described tools: a <｜tool▁calls▁begin｜>…<｜tool▁calls▁end｜> block in the
+    // answer becomes tool_calls (a block that does not parse stays content, as text).
+    bool parse_tool_calls = false;
   };
   CompletionText(const Tokenizer& tokenizer, Options options);
 
@@ -75,6 +82,8 @@ class CompletionText {
  private:
   // Text released by the stop matcher → reasoning / content.
   void Route(const ReasoningParser::Delta& d, TextDelta* out);
+  // The collected tool-call block → out->tool_calls, or content when it does not parse.
+  void EndToolBlock(bool at_finish, TextDelta* out);
 
   const Tokenizer& tokenizer_;
   Options options_;
@@ -82,6 +91,9 @@ class CompletionText {
   StopMatcher stop_;
   ReasoningParser parser_;
   bool content_started_ = false;  // leading newlines of the answer are dropped
+  std::optional<int32_t> tools_begin_id_, tools_end_id_;
+  bool in_tool_block_ = false;
+  std::vector<int32_t> tool_block_;  // ids of the block being written
   bool finished_ = false;
   int64_t completion_tokens_ = 0, reasoning_tokens_ = 0;
 };

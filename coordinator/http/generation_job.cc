@@ -110,6 +110,7 @@ void GenerationJob::Process(const GenerationEvent& event) {
   CompletionResult& r = results_[event.index];
   r.reasoning += delta.reasoning;
   r.content += delta.content;
+  r.tool_calls.insert(r.tool_calls.end(), delta.tool_calls.begin(), delta.tool_calls.end());
   r.logprobs.insert(r.logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());
   r.completion_tokens = text.completion_tokens();
   r.reasoning_tokens = text.reasoning_tokens();

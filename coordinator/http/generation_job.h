@@ -45,6 +45,7 @@ class Canceller {
 
 struct CompletionResult {
   std::string reasoning, content;
+  std::vector<ToolCall> tool_calls;
   std::vector<TokenLogprobInfo> logprobs;
   FinishReason finish = FinishReason::kNone;
   absl::Status error;

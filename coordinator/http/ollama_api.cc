@@ -9,6 +9,19 @@
 namespace r1::http {
 namespace {
 
+// Ollama's tool_calls: arguments as a JSON object (a model's text that is not an object is kept
+// as a string under "arguments", so nothing is lost).
+Json OllamaToolCalls(const std::vector<ToolCall>& calls) {
+  Json out = Json::array();
+  for (const ToolCall& c : calls) {
+    Json args = Json::parse(c.arguments, nullptr, /*allow_exceptions=*/false);
+    if (args.is_discarded() || !args.is_object()) args = c.arguments;
+    out.push_back(Json{{"function", {{"name", c.name}, {"arguments", std::move(args)}}}});
+  }
+  return out;
+}
+
+
 struct OllamaOptions {
   GenerationRequest request;
   std::vector<std::string> stop;
@@ -88,12 +101,13 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
       it != body.end() && !it->is_null() && !(it->is_string() && it->get<std::string>().empty())) {
     return fail(ApiError::BadRequest("'format' (structured output) is not supported", "format"));
   }
-  if (auto tools = body.find("tools");
-      tools != body.end() && !tools->is_null() && !(tools->is_array() && tools->empty())) {
-    return fail(ApiError::BadRequest(
-        "tools are not supported by this model's chat template (the DeepSeek-V3/R1 templates do "
-        "not describe tools to the model)",
-        "tools"));
+  std::vector<ToolSpec> tools;
+  if (generate) {
+    if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
+      return fail(ApiError::BadRequest("'tools' go with /api/chat", "tools"));
+    }
+  } else if (auto e = ParseTools(body, &tools)) {
+    return fail(*e);
   }
   OllamaOptions o;
   if (auto e = ReadOptions(body, options_.max_stop_strings, options_.max_stop_bytes, &o)) {
@@ -137,7 +151,7 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
     if (messages.empty()) {
       load_only = true;
     } else {
-      auto ids = encoder_.EncodeChat(messages, true, assistant_prefix);
+      auto ids = encoder_.EncodeChat(messages, true, assistant_prefix, tools);
       if (!ids.ok()) return fail(ErrorFromStatus(ids.status()));
       prompt = std::move(*ids);
     }
@@ -177,6 +191,7 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
   text.stop = o.stop;
   text.split_reasoning = true;
   text.starts_in_reasoning = thinking;
+  text.parse_tool_calls = !tools.empty();
 
   auto fill_final = [model_name, generate](GenerationJob& job, Json* out) {
     const CompletionResult& r = job.results()[0];
@@ -189,7 +204,8 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
     (*out)["eval_count"] = r.completion_tokens;
     (*out)["eval_duration"] = job.eval_ns();
   };
-  auto piece = [model_name, generate](const std::string& content, const std::string& reasoning) {
+  auto piece = [model_name, generate](const std::string& content, const std::string& reasoning,
+                                      const std::vector<ToolCall>& calls = {}) {
     Json out = {{"model", model_name}, {"created_at", Rfc3339Now()}};
     if (generate) {
       out["response"] = content;
@@ -197,6 +213,7 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
     } else {
       out["message"] = {{"role", "assistant"}, {"content", content}};
       if (!reasoning.empty()) out["message"]["thinking"] = reasoning;
+      if (!calls.empty()) out["message"]["tool_calls"] = OllamaToolCalls(calls);
     }
     out["done"] = false;
     return out;
@@ -211,8 +228,8 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
         exchange->Write(Dump(Json{{"error", std::string(d.error.message())}}) + "\n");
         return;
       }
-      if (d.content.empty() && d.reasoning.empty()) return;
-      exchange->Write(Dump(piece(d.content, d.reasoning)) + "\n");
+      if (d.content.empty() && d.reasoning.empty() && d.tool_calls.empty()) return;
+      exchange->Write(Dump(piece(d.content, d.reasoning, d.tool_calls)) + "\n");
     };
     callbacks.on_done = [exchange, piece, fill_final](GenerationJob& job) {
       if (job.results()[0].finish != FinishReason::kError) {
@@ -231,7 +248,7 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
         exchange->Respond(e.status, "application/json", OllamaErrorBody(e));
         return;
       }
-      Json out = piece(r.content, r.reasoning);
+      Json out = piece(r.content, r.reasoning, r.tool_calls);
       fill_final(job, &out);
       exchange->Respond(200, "application/json", Dump(out));
     };

@@ -6,6 +6,23 @@
 namespace r1::http {
 namespace {
 
+// OpenAI's tool_calls array (arguments as the JSON text the model wrote).
+Json OpenAiToolCalls(const std::vector<ToolCall>& calls) {
+  Json out = Json::array();
+  for (const ToolCall& c : calls) {
+    out.push_back(Json{{"id", RandomId("call_")},
+                       {"type", "function"},
+                       {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+  }
+  return out;
+}
+
+// A completion that ended normally after calling tools finishes with "tool_calls".
+const char* OpenAiChatFinishReason(FinishReason reason, bool called_tools) {
+  return called_tools && reason == FinishReason::kStop ? "tool_calls" : OpenAiFinishReason(reason);
+}
+
+
 // What both OpenAI generation endpoints read besides the prompt.
 struct OpenAiParams {
   GenerationRequest request;
@@ -174,13 +191,8 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
   if (messages.empty()) {
     return fail(ApiError::BadRequest("'messages' must hold at least one message", "messages"));
   }
-  if (auto tools = body.find("tools");
-      tools != body.end() && !tools->is_null() && !(tools->is_array() && tools->empty())) {
-    return fail(ApiError::BadRequest(
-        "tools are not supported by this model's chat template (the DeepSeek-V3/R1 templates do "
-        "not describe tools to the model)",
-        "tools", "tools_not_supported"));
-  }
+  std::vector<ToolSpec> tools;
+  if (auto e = ParseTools(body, &tools)) return fail(*e);
   if (auto rf = body.find("response_format");
       rf != body.end() && rf->is_object() && rf->value("type", "text") != "text") {
     return fail(ApiError::BadRequest("response_format other than 'text' is not supported",
@@ -197,7 +209,7 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
   if (p.top_logprobs > 0 && !p.logprobs) {
     return fail(ApiError::BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs"));
   }
-  auto prompt = encoder_.EncodeChat(messages, /*add_generation_prompt=*/true);
+  auto prompt = encoder_.EncodeChat(messages, /*add_generation_prompt=*/true, "", tools);
   if (!prompt.ok()) return fail(ErrorFromStatus(prompt.status()));
   if (auto e = CheckPromptFits(prompt->size())) return fail(*e);
   if (auto e =
@@ -213,6 +225,7 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
   text.split_reasoning = true;
   text.starts_in_reasoning = encoder_.starts_in_reasoning();
   text.logprobs = p.logprobs;
+  text.parse_tool_calls = !tools.empty();
 
   struct Shared {
     std::string id = RandomId("chatcmpl-");
@@ -240,8 +253,10 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
       }
       exchange->Write(std::move(out));
     };
-    callbacks.on_delta = [exchange, chunk, logprobs](GenerationJob&, int index,
-                                                     const TextDelta& d) {
+    // Tool calls streamed so far, per completion (their index in the delta).
+    auto tool_count = std::make_shared<std::vector<int>>(n, 0);
+    callbacks.on_delta = [exchange, chunk, logprobs, tool_count](GenerationJob&, int index,
+                                                                 const TextDelta& d) {
       if (d.finished && d.finish == FinishReason::kError) {
         exchange->Write(Sse(OpenAiErrorJson(ErrorFromStatus(d.error))));
         return;
@@ -249,12 +264,19 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
       Json delta = Json::object();
       if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
       if (!d.content.empty()) delta["content"] = d.content;
+      if (!d.tool_calls.empty()) {
+        Json calls = OpenAiToolCalls(d.tool_calls);
+        for (size_t k = 0; k < calls.size(); ++k) calls[k]["index"] = (*tool_count)[index]++;
+        delta["tool_calls"] = std::move(calls);
+      }
       if (delta.empty() && !d.finished && d.logprobs.empty()) return;
+      const bool called = (*tool_count)[index] > 0;
       Json choice = {
           {"index", index},
           {"delta", std::move(delta)},
           {"logprobs", logprobs && !d.logprobs.empty() ? ChatLogprobs(d.logprobs) : Json(nullptr)},
-          {"finish_reason", d.finished ? Json(OpenAiFinishReason(d.finish)) : Json(nullptr)}};
+          {"finish_reason",
+           d.finished ? Json(OpenAiChatFinishReason(d.finish, called)) : Json(nullptr)}};
       exchange->Write(Sse(chunk(Json::array({std::move(choice)}))));
     };
     const bool include_usage = p.include_usage;
@@ -282,10 +304,15 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
         const CompletionResult& r = job.results()[i];
         Json message = {{"role", "assistant"}, {"content", r.content}};
         if (!r.reasoning.empty()) message["reasoning_content"] = r.reasoning;
-        choices.push_back(Json{{"index", i},
-                               {"message", std::move(message)},
-                               {"logprobs", logprobs ? ChatLogprobs(r.logprobs) : Json(nullptr)},
-                               {"finish_reason", OpenAiFinishReason(r.finish)}});
+        if (!r.tool_calls.empty()) {
+          message["tool_calls"] = OpenAiToolCalls(r.tool_calls);
+          if (r.content.empty()) message["content"] = nullptr;
+        }
+        choices.push_back(
+            Json{{"index", i},
+                 {"message", std::move(message)},
+                 {"logprobs", logprobs ? ChatLogprobs(r.logprobs) : Json(nullptr)},
+                 {"finish_reason", OpenAiChatFinishReason(r.finish, !r.tool_calls.empty())}});
       }
       const Json response = {
           {"id", shared->id},   {"object", "chat.completion"},     {"created", shared->created},

@@ -63,7 +63,7 @@ void PromptEncoder::AppendTemplateText(absl::string_view text, std::string* plai
 
 absl::StatusOr<std::vector<int32_t>> PromptEncoder::EncodeChat(
     absl::Span<const ChatMessage> messages, bool add_generation_prompt,
-    absl::string_view assistant_prefix) const {
+    absl::string_view assistant_prefix, absl::Span<const ToolSpec> tools) const {
   if (!template_) {
     return absl::FailedPreconditionError(
         "this model folder has no usable chat template; use /v1/completions or raw prompts");
@@ -107,6 +107,11 @@ absl::StatusOr<std::vector<int32_t>> PromptEncoder::EncodeChat(
         }
       }
     }
+    for (const ToolSpec& t : tools) {
+      for (const std::string* s : {&t.name, &t.description, &t.parameters}) {
+        if (absl::StrContains(*s, prefix)) clash = true;
+      }
+    }
     if (!clash) break;
   }
   auto mark = [&](std::string* s) {
@@ -120,6 +125,25 @@ absl::StatusOr<std::vector<int32_t>> PromptEncoder::EncodeChat(
         mark(&c.name);
         mark(&c.arguments);
       }
+    }
+  }
+  if (!tools.empty()) {
+    const std::string section = ToolsSection(
+        std::vector<ToolSpec>(tools.begin(), tools.end()), [&](const std::string& s) {
+          std::string copy = s;
+          mark(&copy);
+          return copy;
+        });
+    if (!marked.empty() && marked.front().role == "system") {
+      ChatMessage& system = marked.front();
+      system.content = system.content && !system.content->empty()
+                           ? absl::StrCat(*system.content, "\n\n", section)
+                           : section;
+    } else {
+      ChatMessage system;
+      system.role = "system";
+      system.content = section;
+      marked.insert(marked.begin(), std::move(system));
     }
   }
   auto rendered = template_->Render(marked, add_generation_prompt);

@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "coordinator/chat/chat_template.h"
+#include "coordinator/chat/tool_calls.h"
 #include "coordinator/tokenizer/tokenizer.h"
 
 namespace r1::http {
@@ -29,9 +30,12 @@ class PromptEncoder {
 
   // The ids of the templated conversation; with add_generation_prompt, then `assistant_prefix`
   // (template text: it may hold control tokens, e.g. "</think>\n\n" to skip the reasoning).
+  // `tools` are described in the system prompt (ToolsSection, appended to the first system
+  // message or in a new one), their strings as plain text.
   absl::StatusOr<std::vector<int32_t>> EncodeChat(absl::Span<const ChatMessage> messages,
                                                   bool add_generation_prompt,
-                                                  absl::string_view assistant_prefix = "") const;
+                                                  absl::string_view assistant_prefix = "",
+                                                  absl::Span<const ToolSpec> tools = {}) const;
   // A raw completion prompt: BOS (when the tokenizer has one and `add_bos`), then the text as
   // plain text.
   std::vector<int32_t> EncodeRaw(absl::string_view text, bool add_bos) const;

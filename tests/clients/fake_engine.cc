@@ -47,7 +47,23 @@ std::vector<int32_t> FakeEngine::Script(const std::vector<int32_t>& prompt,
   std::string text =
       absl::StrCat("Okay, the prompt has ", prompt.size(), " tokens. Let me think about ", word(),
                    " and ", word(), ".\n</think>\n\n");
-  absl::StrAppend(&text, "Hello! The answer is ", word(), " with ", word(), ". Done.");
+  const size_t tools = prompt_text.find("## Tools");
+  const size_t first_tool = prompt_text.find("\n### ", tools == std::string::npos ? 0 : tools);
+  if (absl::StrContains(prompt_text, "[tool]") && tools != std::string::npos &&
+      first_tool != std::string::npos) {
+    // Calls the first tool the prompt describes (so a test sees the description reach the
+    // model), in DeepSeek's tool-call tokens, twice.
+    const size_t name_at = first_tool + 5;
+    const std::string name = prompt_text.substr(name_at, prompt_text.find('\n', name_at) - name_at);
+    for (const char* city : {"Paris", "Oslo"}) {
+      absl::StrAppend(&text, text.back() == '\n' ? "<｜tool▁calls▁begin｜>" : "",
+                      "<｜tool▁call▁begin｜>function<｜tool▁sep｜>", name,
+                      "\n```json\n{\"city\": \"", city, "\"}\n```<｜tool▁call▁end｜>");
+    }
+    absl::StrAppend(&text, "<｜tool▁calls▁end｜>");
+  } else {
+    absl::StrAppend(&text, "Hello! The answer is ", word(), " with ", word(), ". Done.");
+  }
   if (absl::StrContains(prompt_text, "[long]")) {
     for (int i = 0; i < 200; ++i) absl::StrAppend(&text, " More about ", word(), ".");
   }

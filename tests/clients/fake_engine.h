@@ -5,7 +5,9 @@
 // temperature 0), so a fixed seed gives the same text twice and different seeds differ.
 //
 // Prompt words change its behaviour: "[long]" makes a reply of about 2000 tokens (disconnect,
-// drain and load tests), "[error]" fails the completion mid-way with an INTERNAL error.
+// drain and load tests), "[error]" fails the completion mid-way with an INTERNAL error, and
+// "[tool]" — when the prompt describes tools — answers with two calls of the first tool described
+// ({"city": "Paris"}, {"city": "Oslo"}) in DeepSeek's tool-call tokens.
 // It honours max_new_tokens, the context limit, n, logprobs / top_logprobs, Cancel and Drain.
 #pragma once
 

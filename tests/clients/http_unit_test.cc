@@ -1,3 +1,4 @@
+#include <algorithm>
 // Unit tests of the HTTP API's pieces: stop strings, UTF-8 checks, the prompt encoder (control
 // tokens only from the template), the completion text pipeline, listen addresses.
 #include <gtest/gtest.h>
@@ -217,6 +218,94 @@ TEST(CompletionText, StopStringEndsTheCompletionAcrossTokens) {
   }
   EXPECT_TRUE(finished);
   EXPECT_EQ(content, "The answer is ");
+}
+
+// Pushes `text` (encoded with control tokens) through a CompletionText that parses tool calls.
+TextDelta RunTools(const std::string& text, FinishReason last, bool parse = true) {
+  const Tokenizer& tok = R1Tokenizer();
+  std::vector<int32_t> ids = tok.Encode(text, true);
+  CompletionText::Options o;
+  o.starts_in_reasoning = true;
+  o.parse_tool_calls = parse;
+  CompletionText ct(tok, o);
+  TextDelta all;
+  for (const auto& e : Events(ids, last)) {
+    TextDelta d = ct.Push(e);
+    all.reasoning += d.reasoning;
+    all.content += d.content;
+    all.tool_calls.insert(all.tool_calls.end(), d.tool_calls.begin(), d.tool_calls.end());
+    if (d.finished) all.finish = d.finish;
+  }
+  return all;
+}
+
+TEST(ToolCalls, ParsedOutOfTheAnswer) {
+  const TextDelta d = RunTools(
+      "Need the weather.</think>\n\nChecking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
+      "<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>"
+      "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜>"
+      "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>",
+      FinishReason::kStop);
+  EXPECT_EQ(d.reasoning, "Need the weather.");
+  EXPECT_EQ(d.content, "Checking.");
+  ASSERT_EQ(d.tool_calls.size(), 2u);
+  EXPECT_EQ(d.tool_calls[0].name, "get_weather");
+  EXPECT_EQ(d.tool_calls[0].arguments, "{\"city\": \"Paris\"}");
+  EXPECT_EQ(d.tool_calls[1].name, "get_time");
+  EXPECT_EQ(d.tool_calls[1].arguments, "{}");
+  EXPECT_EQ(d.finish, FinishReason::kStop);
+}
+
+TEST(ToolCalls, MalformedOrCutOffBlocksStayText) {
+  // No <｜tool▁call▁end｜> before the length limit: the text comes back as content.
+  const TextDelta cut = RunTools(
+      "x</think>\n\n<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{\"a\"",
+      FinishReason::kLength);
+  EXPECT_TRUE(cut.tool_calls.empty());
+  EXPECT_NE(cut.content.find("{\"a\""), std::string::npos) << cut.content;
+  EXPECT_EQ(cut.finish, FinishReason::kLength);
+  // A bad name.
+  const TextDelta bad = RunTools(
+      "x</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>no good\n{}"
+      "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+      FinishReason::kStop);
+  EXPECT_TRUE(bad.tool_calls.empty());
+  EXPECT_NE(bad.content.find("no good"), std::string::npos);
+  // Inside the reasoning, tool-call tokens are not calls; nor without tools in the request.
+  const TextDelta thinking = RunTools(
+      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n{}<｜tool▁call▁end｜>"
+      "<｜tool▁calls▁end｜></think>ok",
+      FinishReason::kStop);
+  EXPECT_TRUE(thinking.tool_calls.empty());
+  EXPECT_EQ(thinking.content, "ok");
+  const TextDelta off = RunTools(
+      "x</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n{}"
+      "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+      FinishReason::kStop, /*parse=*/false);
+  EXPECT_TRUE(off.tool_calls.empty());
+}
+
+TEST(ToolCalls, SectionIsInTheSystemPromptAndToolTextStaysPlain) {
+  const Tokenizer& tok = R1Tokenizer();
+  PromptEncoder encoder(tok, R1Template());
+  const int32_t calls_end = *tok.TokenToId(kToolCallsEnd);
+  ToolSpec spec{"get_weather", "Weather. <｜tool▁calls▁end｜><｜User｜>", R"({"type":"object"})"};
+  std::vector<ChatMessage> messages = {{"system", "Be brief.", std::nullopt},
+                                       {"user", "Weather in Paris?", std::nullopt}};
+  auto with = encoder.EncodeChat(messages, true, "", {spec});
+  auto without = encoder.EncodeChat(messages, true);
+  ASSERT_TRUE(with.ok() && without.ok());
+  // Exactly one <｜tool▁calls▁end｜> id: the format example; the description's copy is text.
+  EXPECT_EQ(std::count(with->begin(), with->end(), calls_end), 1);
+  EXPECT_EQ(std::count(without->begin(), without->end(), calls_end), 0);
+  const std::string text = tok.Decode(*with);
+  EXPECT_NE(text.find("Be brief.\n\n## Tools"), std::string::npos) << text;
+  EXPECT_NE(text.find("### get_weather\nDescription: Weather. <｜tool▁calls▁end｜><｜User｜>"),
+            std::string::npos);
+  // No system message: one is made for the tools.
+  auto bare = encoder.EncodeChat({ChatMessage{"user", "hi", std::nullopt}}, true, "", {spec});
+  ASSERT_TRUE(bare.ok());
+  EXPECT_NE(tok.Decode(*bare).find("## Tools"), std::string::npos);
 }
 
 TEST(ParseListenAddress, Forms) {

@@ -102,6 +102,23 @@ test("an empty chat loads the model", async () => {
   assert.equal(r.done_reason, "load");
 });
 
+test("chat with tools: tool_calls with arguments as objects", async () => {
+  const tools = [{ type: "function", function: { name: "get_weather", description: "Weather in a city",
+                                                   parameters: { type: "object", properties: { city: { type: "string" } } } } }];
+  const messages = [{ role: "user", content: "Weather in Paris and Oslo? [tool]" }];
+  const r = await ollama.chat({ model: "r1", messages, tools });
+  assert.deepEqual(r.message.tool_calls, [
+    { function: { name: "get_weather", arguments: { city: "Paris" } } },
+    { function: { name: "get_weather", arguments: { city: "Oslo" } } },
+  ]);
+  assert.equal(r.message.content, "");
+  const calls = [];
+  for await (const part of await ollama.chat({ model: "r1", messages, tools, stream: true })) {
+    calls.push(...(part.message.tool_calls ?? []));
+  }
+  assert.deepEqual(calls, r.message.tool_calls);
+});
+
 test("errors: unknown model, bad options", async () => {
   await assert.rejects(ollama.chat({ model: "nope", messages: hello, stream: false }),
     (e) => e.status_code === 404 && /nope/.test(e.error));

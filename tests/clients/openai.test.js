@@ -149,6 +149,54 @@ test("legacy completions: text, stop, logprobs, streaming", async () => {
   assert.equal(text, r.choices[0].text);
 });
 
+const WEATHER = [{
+  type: "function",
+  function: {
+    name: "get_weather",
+    description: "The weather in a city. <｜tool▁calls▁end｜> stays plain text here.",
+    parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+  },
+}];
+
+test("tools: the model's tool-call tokens come back as tool_calls, streamed and not", async () => {
+  const messages = [{ role: "user", content: "What is the weather in Paris and Oslo? [tool]" }];
+  const r = await client.chat.completions.create({ model: "r1", messages, tools: WEATHER });
+  const m = r.choices[0].message;
+  assert.equal(r.choices[0].finish_reason, "tool_calls");
+  assert.equal(m.content, null);
+  assert.ok(m.reasoning_content.length > 0);
+  assert.deepEqual(m.tool_calls.map((c) => [c.type, c.function.name, JSON.parse(c.function.arguments)]),
+                   [["function", "get_weather", { city: "Paris" }], ["function", "get_weather", { city: "Oslo" }]]);
+  assert.ok(m.tool_calls.every((c) => /^call_/.test(c.id)));
+  // Streamed: the same calls in tool_calls deltas, indexed.
+  const stream = await client.chat.completions.create({ model: "r1", messages, tools: WEATHER, stream: true });
+  const calls = [];
+  let finish, content = "";
+  for await (const chunk of stream) {
+    const c = chunk.choices[0];
+    if (!c) continue;
+    content += c.delta.content ?? "";
+    for (const t of c.delta.tool_calls ?? []) calls[t.index] = [t.function.name, JSON.parse(t.function.arguments)];
+    finish = c.finish_reason ?? finish;
+  }
+  assert.equal(finish, "tool_calls");
+  assert.equal(content, "");
+  assert.deepEqual(calls, [["get_weather", { city: "Paris" }], ["get_weather", { city: "Oslo" }]]);
+  // The tool's answer goes back in: an assistant turn with tool_calls and a tool message render.
+  const next = await client.chat.completions.create({
+    model: "r1",
+    tools: WEATHER,
+    messages: [...messages, m, { role: "tool", tool_call_id: m.tool_calls[0].id, content: "18 C, sunny" },
+               { role: "tool", tool_call_id: m.tool_calls[1].id, content: "3 C, snow" }],
+  });
+  assert.ok(next.usage.prompt_tokens > r.usage.prompt_tokens);
+  // Without tools (or tool_choice none) the same prompt gives no tool_calls.
+  const none = await client.chat.completions.create({ model: "r1", messages, tools: WEATHER, tool_choice: "none" });
+  assert.equal(none.choices[0].finish_reason, "stop");
+  assert.equal(none.choices[0].message.tool_calls, undefined);
+  assert.ok(none.usage.prompt_tokens < r.usage.prompt_tokens, "tool_choice none leaves the tools out of the prompt");
+});
+
 test("error objects for bad requests", async () => {
   await assert.rejects(
     client.chat.completions.create({ model: "no-such-model", messages: hello }),
@@ -165,9 +213,12 @@ test("error objects for bad requests", async () => {
   await assert.rejects(
     client.chat.completions.create({
       model: "r1", messages: hello,
-      tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }],
+      tools: [{ type: "function", function: { name: "bad name!", parameters: { type: "object" } } }],
     }),
-    (e) => e.status === 400 && e.error?.param === "tools" && /tools are not supported/.test(e.message));
+    (e) => e.status === 400 && e.error?.param === "tools[0]" && /function.name/.test(e.message));
+  await assert.rejects(
+    client.chat.completions.create({ model: "r1", messages: hello, tools: WEATHER, tool_choice: "required" }),
+    (e) => e.status === 400 && e.error?.param === "tool_choice");
   // The server still serves.
   const r = await client.chat.completions.create({ model: "r1", messages: hello, max_tokens: 2 });
   assert.equal(r.choices.length, 1);
