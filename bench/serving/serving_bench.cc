@@ -40,7 +40,10 @@
 #include "coordinator/engine/engine.h"
 #include "coordinator/http/api_server.h"
 #include "coordinator/http/http_server.h"
+#include "coordinator/grpc_api/grpc_api.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/r1serve.grpc.pb.h"
 
 namespace r1 {
 namespace {
@@ -457,6 +460,119 @@ class Client {
   Results r_;
 };
 
+// The same measurement through the public gRPC API (r1serve.v1 Generate, server streaming): each
+// stream loops — call, read every chunk, repeat — on gRPC's callback API, spread over several
+// channels (HTTP/2 connections). A chunk's text gives the step's word, as with SSE.
+class GrpcClient {
+ public:
+  GrpcClient(const std::string& address, int64_t tokens,
+             const std::unordered_map<std::string, size_t>* word_index, const StandInEngine* engine,
+             bool paced)
+      : word_index_(word_index), engine_(engine), paced_(paced) {
+    request_.set_text("Hello, tell me a story.");
+    request_.set_max_tokens(tokens);
+    request_.mutable_sampling()->set_temperature(0);
+    for (int i = 0; i < kChannels; ++i) {
+      grpc::ChannelArguments args;
+      args.SetInt("r1.bench.channel", i);  // a distinct argument: a connection of its own
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      stubs_.push_back(r1serve::v1::R1Serve::NewStub(
+          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args)));
+    }
+  }
+
+  Results Run(int streams, double seconds) {
+    stop_at_ = NowNs() + static_cast<int64_t>(seconds * 1e9);
+    const int64_t t0 = NowNs();
+    const double cpu0 = CpuSeconds();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      live_ = streams;
+    }
+    std::vector<std::unique_ptr<Stream>> all;
+    for (int i = 0; i < streams; ++i) all.push_back(std::make_unique<Stream>(this, stubs_[i % kChannels].get()));
+    for (auto& st : all) st->Call();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_cv_.wait(lock, [this] { return live_ == 0; });
+    }
+    r_.seconds = static_cast<double>(NowNs() - t0) * 1e-9;
+    r_.cpu_seconds = CpuSeconds() - cpu0;
+    return std::move(r_);
+  }
+
+ private:
+  static constexpr int kChannels = 8;
+
+  class Stream : public grpc::ClientReadReactor<r1serve::v1::GenerateChunk> {
+   public:
+    Stream(GrpcClient* c, r1serve::v1::R1Serve::Stub* stub) : client_(c), stub_(stub) {}
+    void Call() {
+      ctx_ = std::make_unique<grpc::ClientContext>();
+      tokens_ = 0;
+      sent_ns_ = NowNs();
+      stub_->async()->Generate(ctx_.get(), &client_->request_, this);
+      StartRead(&chunk_);
+      StartCall();
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) return;  // the stream ended: OnDone follows
+      const int64_t now = NowNs();
+      std::lock_guard<std::mutex> lock(client_->mu_);
+      for (absl::string_view w : absl::StrSplit(chunk_.text(), ' ', absl::SkipEmpty())) {
+        if (tokens_ == 0) first_ns_ = now;
+        last_ns_ = now;
+        ++tokens_;
+        if (client_->paced_) {
+          auto it = client_->word_index_->find(std::string(w));
+          if (it == client_->word_index_->end()) {
+            ++client_->r_.bad;
+          } else {
+            client_->r_.latency_ns.push_back(now - client_->engine_->step_time(it->second));
+          }
+        }
+      }
+      StartRead(&chunk_);
+    }
+    void OnDone(const grpc::Status& status) override {
+      bool again = false;
+      {
+        std::lock_guard<std::mutex> lock(client_->mu_);
+        Results& r = client_->r_;
+        if (!status.ok()) ++r.bad;
+        ++r.requests;
+        r.tokens += tokens_;
+        if (tokens_ > 1) {
+          r.itl_sum_ns += static_cast<double>(last_ns_ - first_ns_);
+          r.itl_count += tokens_ - 1;
+        }
+        if (tokens_ > 0) r.ttft_ns.push_back(first_ns_ - sent_ns_);
+        again = status.ok() && NowNs() < client_->stop_at_;
+        if (!again && --client_->live_ == 0) client_->done_cv_.notify_all();
+      }
+      if (again) Call();
+    }
+
+   private:
+    GrpcClient* client_;
+    r1serve::v1::R1Serve::Stub* stub_;
+    std::unique_ptr<grpc::ClientContext> ctx_;
+    r1serve::v1::GenerateChunk chunk_;
+    int64_t sent_ns_ = 0, first_ns_ = 0, last_ns_ = 0, tokens_ = 0;
+  };
+
+  r1serve::v1::GenerateRequest request_;
+  std::vector<std::unique_ptr<r1serve::v1::R1Serve::Stub>> stubs_;
+  const std::unordered_map<std::string, size_t>* word_index_;
+  const StandInEngine* engine_;
+  bool paced_;
+  int64_t stop_at_ = 0;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  int live_ = 0;
+  Results r_;
+};
+
 double Percentile(std::vector<int64_t>& v, double p) {
   if (v.empty()) return 0;
   const size_t k = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
@@ -470,7 +586,7 @@ double Mean(const std::vector<int64_t>& v) {
 }
 
 int Main(int argc, char** argv) {
-  CLI::App app{"bench_serving: HTTP/SSE serving overhead with a stand-in engine, against a minimal SSE server"};
+  CLI::App app{"bench_serving: HTTP/SSE and gRPC serving overhead with a stand-in engine, against a minimal SSE server"};
   std::string model_dir;
   std::vector<int> streams = {1, 100, 1000};
   double seconds = 5;
@@ -514,6 +630,23 @@ int Main(int argc, char** argv) {
     std::string name;
     int streams;
     Results r;
+  };
+  auto run_grpc = [&](bool paced, int n) {
+    StandInEngine engine(words, paced ? static_cast<int64_t>(interval_ms * 1000) : 0);
+    http::Metrics metrics;
+    grpc_api::GrpcApiOptions options;
+    options.listen = "127.0.0.1:0";
+    options.model_dir = model_dir;
+    options.model_name = "bench";
+    auto server = grpc_api::GrpcApiServer::Start(options, &engine, &metrics);
+    if (!server.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(server.status().message()).c_str());
+      std::exit(1);
+    }
+    GrpcClient client((*server)->address(), tokens, &word_index, &engine, paced);
+    Results r = client.Run(n, seconds);
+    (*server)->Shutdown(std::chrono::milliseconds(100));
+    return r;
   };
   auto run = [&](bool floor, bool paced, int n) {
     StandInEngine engine(words, paced ? static_cast<int64_t>(interval_ms * 1000) : 0);
@@ -569,10 +702,10 @@ int Main(int argc, char** argv) {
                   "lat mean ms", "lat p50 ms", "lat p99 ms", "errors");
     }
     for (int n : streams) {
-      Results rows[2];
-      for (int f = 0; f < 2; ++f) {
-        Results& r = rows[f] = run(f == 1, paced, n);
-        const char* name = f == 1 ? "floor" : "r1 http";
+      Results rows[3];
+      for (int f = 0; f < 3; ++f) {
+        Results& r = rows[f] = f == 2 ? run_grpc(paced, n) : run(f == 1, paced, n);
+        const char* name = f == 2 ? "r1 grpc" : f == 1 ? "floor" : "r1 http";
         const double rps = static_cast<double>(r.requests) / r.seconds;
         const double tps = static_cast<double>(r.tokens) / r.seconds;
         if (!paced) {
@@ -589,13 +722,18 @@ int Main(int argc, char** argv) {
       if (!paced) {
         const double ours = rows[0].itl_count ? rows[0].itl_sum_ns / static_cast<double>(rows[0].itl_count) : 0;
         const double fl = rows[1].itl_count ? rows[1].itl_sum_ns / static_cast<double>(rows[1].itl_count) : 0;
-        std::printf("%-7d ratio    r1/floor: tokens/s %.2f, time per token %.2f\n", n,
+        const double g = rows[2].itl_count ? rows[2].itl_sum_ns / static_cast<double>(rows[2].itl_count) : 0;
+        std::printf("%-7d ratio    r1/floor: tokens/s %.2f, time per token %.2f; grpc/floor: tokens/s %.2f, time per token %.2f\n", n,
                     static_cast<double>(rows[0].tokens) / rows[0].seconds / (static_cast<double>(rows[1].tokens) / rows[1].seconds),
-                    fl > 0 ? ours / fl : 0.0);
+                    fl > 0 ? ours / fl : 0.0,
+                    static_cast<double>(rows[2].tokens) / rows[2].seconds / (static_cast<double>(rows[1].tokens) / rows[1].seconds),
+                    fl > 0 ? g / fl : 0.0);
       } else {
-        std::printf("%-7d ratio    r1/floor: mean latency %.2f (added over the floor %.3f ms)\n", n,
+        std::printf("%-7d ratio    r1/floor: mean latency %.2f (added over the floor %.3f ms); grpc/floor %.2f (added %.3f ms)\n", n,
                     Mean(rows[0].latency_ns) / std::max(1e-9, Mean(rows[1].latency_ns)),
-                    Mean(rows[0].latency_ns) - Mean(rows[1].latency_ns));
+                    Mean(rows[0].latency_ns) - Mean(rows[1].latency_ns),
+                    Mean(rows[2].latency_ns) / std::max(1e-9, Mean(rows[1].latency_ns)),
+                    Mean(rows[2].latency_ns) - Mean(rows[1].latency_ns));
       }
     }
   }
