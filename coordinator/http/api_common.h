@@ -42,6 +42,11 @@ std::string Dump(const Json& json);
 // Byte offset of the first invalid UTF-8 sequence (overlongs and surrogates included), or npos.
 size_t FindInvalidUtf8(absl::string_view text);
 
+// Appends `text` as a JSON string literal (quotes included), as Dump would write it, without
+// building a Json value: the per-token path of the streaming APIs. False (nothing appended) when
+// `text` is not valid UTF-8; then use Dump.
+bool AppendJsonString(absl::string_view text, std::string* out);
+
 // Parses a request body: invalid UTF-8, malformed JSON and a non-object top level are errors.
 ApiError ParseJsonBody(absl::string_view body, Json* out);  // status 0 when fine
 

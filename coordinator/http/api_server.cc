@@ -286,6 +286,7 @@ absl::StatusOr<std::shared_ptr<GenerationJob>> ApiServer::StartJob(
     metrics_.StreamClosed();
     active_.fetch_sub(1);
   };
+  callbacks.post = [exchange](std::function<void()> fn) { exchange->Run(std::move(fn)); };
   auto job = GenerationJob::Start(*engine_, canceller_, metrics_, *tokenizer_, std::move(request),
                                   std::move(text_options), std::move(callbacks), arrival);
   if (!job.ok()) {

@@ -117,7 +117,10 @@ TextDelta CompletionText::Push(const GenerationEvent& event) {
                              (options_.starts_in_reasoning && !parser_.reasoning_ended()));
     if (in_tool_block_ || (tools_begin_id_ && id == *tools_begin_id_ && answering)) {
       in_tool_block_ = true;
-      tool_block_.push_back(id);
+      // Special tokens (EOS ending the generation inside the block, …) are not text: the decoder
+      // drops them everywhere else, and kept here they would break the block's parse and show in
+      // the content.
+      if (!tokenizer_.IsSpecial(id)) tool_block_.push_back(id);
       if (tools_end_id_ && id == *tools_end_id_) EndToolBlock(/*at_finish=*/false, &out);
       if (event.finish != FinishReason::kNone) {
         if (in_tool_block_) EndToolBlock(/*at_finish=*/true, &out);

@@ -40,6 +40,7 @@ absl::StatusOr<std::shared_ptr<GenerationJob>> GenerationJob::Start(
     Clock::time_point arrival) {
   std::shared_ptr<GenerationJob> job(new GenerationJob(engine, canceller, metrics, arrival));
   const int32_t n = std::max<int32_t>(request.n, 1);
+  job->post_ = std::move(callbacks.post);
   job->callbacks_ = std::move(callbacks);
   job->prompt_tokens_ = static_cast<int64_t>(request.prompt.size());
   job->unfinished_ = n;
@@ -80,12 +81,22 @@ void GenerationJob::CancelByClient() {
 }
 
 void GenerationJob::OnEvent(const GenerationEvent& event) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!submitted_) {
-    early_.push_back(event);
-    return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!submitted_) {
+      early_.push_back(event);
+      return;
+    }
+    if (!post_) {
+      Process(event);
+      return;
+    }
   }
-  Process(event);
+  // post_ is set before submitted_ and never changes after.
+  post_([self = shared_from_this(), event] {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    self->Process(event);
+  });
 }
 
 void GenerationJob::Process(const GenerationEvent& event) {

@@ -62,6 +62,10 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
     std::function<void(GenerationJob&)> on_done;
     // The engine accepted the request; runs before any on_delta (e.g. to send response headers).
     std::function<void(GenerationJob&)> on_submitted;
+    // Where the engine's events are processed (decoded, formatted, written): handed to `post`
+    // in order (an HTTP connection's strand), so the engine's thread only queues them. Empty:
+    // processed on the engine's thread.
+    std::function<void(std::function<void()>)> post;
   };
 
   // Submits; an error known at once (prompt too long, engine draining, queue full) comes back here
@@ -94,6 +98,7 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
   Canceller& canceller_;
   Metrics& metrics_;
   Callbacks callbacks_;
+  std::function<void(std::function<void()>)> post_;
   std::mutex mu_;
   std::vector<CompletionText> texts_;
   std::vector<CompletionResult> results_;

@@ -131,6 +131,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Post(F&& f) {
     asio::post(socket_.get_executor(), std::forward<F>(f));
   }
+  // Runs `f` at once when called on this connection's strand (a token processed there writes
+  // without a second hop), else posts it. Every exchange operation goes this way, so their order
+  // is the order of the calls: all of a response's calls are made on the strand (the handler, and
+  // GenerationJob's events through HttpExchange::Run).
+  template <typename F>
+  void RunOnStrand(F&& f) {
+    asio::dispatch(socket_.get_executor(), std::forward<F>(f));
+  }
 
   void Start(bool overloaded) {
     Post([self = shared_from_this(), overloaded] {
@@ -186,13 +194,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void DoWrite(uint64_t seq, std::string data) {
     if (seq != seq_ || !started_ || complete_ || closed_ || data.empty()) return;
     if (chunked_) {
-      std::string framed = absl::StrCat(absl::Hex(data.size()), "\r\n");
-      framed += data;
-      framed += "\r\n";
-      Enqueue(std::move(framed));
-    } else {
-      Enqueue(std::move(data));
+      Enqueue(absl::StrCat(absl::Hex(data.size()), "\r\n"));
+      data += "\r\n";
     }
+    Enqueue(std::move(data));
   }
   void DoEndStream(uint64_t seq) {
     if (seq != seq_ || !started_ || complete_ || closed_) return;
@@ -311,6 +316,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (!writing_) WriteNext();
   }
 
+  // Everything queued goes out in one gathered write: under load, the tokens of many streams
+  // that arrive while a write is in flight cost one system call per connection, not one each.
   void WriteNext() {
     if (out_.empty()) {
       writing_ = false;
@@ -318,10 +325,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     writing_ = true;
-    asio::async_write(socket_, asio::buffer(out_.front()),
+    in_flight_.clear();
+    while (!out_.empty()) {
+      in_flight_.push_back(std::move(out_.front()));
+      out_.pop_front();
+    }
+    buffers_.clear();
+    for (const std::string& b : in_flight_) buffers_.emplace_back(b.data(), b.size());
+    asio::async_write(socket_, buffers_,
                       [self = shared_from_this()](beast::error_code ec, size_t n) {
                         self->pending_bytes_.fetch_sub(std::min(n, self->pending_bytes_.load()));
-                        self->out_.pop_front();
+                        self->in_flight_.clear();
                         if (ec) {
                           self->writing_ = false;
                           self->Close();
@@ -423,6 +437,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string path_;
   std::function<void()> on_gone_;
   std::deque<std::string> out_;
+  std::vector<std::string> in_flight_;             // the gathered write on the socket
+  std::vector<asio::const_buffer> buffers_;        // views of in_flight_
   std::atomic<size_t> pending_bytes_{0};
 };
 
@@ -436,14 +452,14 @@ class ExchangeImpl : public HttpExchange {
   void Respond(int status, std::string content_type, std::string body, Headers headers) override {
     if (auto c = connection_.lock()) {
       c->pending_bytes().fetch_add(body.size());
-      c->Post(
+      c->RunOnStrand(
           [c, seq = seq_, status, ct = std::move(content_type), b = std::move(body),
            h = std::move(headers)]() mutable { c->DoRespond(seq, status, ct, std::move(b), h); });
     }
   }
   void StartStream(int status, std::string content_type) override {
     if (auto c = connection_.lock()) {
-      c->Post([c, seq = seq_, status, ct = std::move(content_type)] {
+      c->RunOnStrand([c, seq = seq_, status, ct = std::move(content_type)] {
         c->DoStartStream(seq, status, ct);
       });
     }
@@ -451,15 +467,15 @@ class ExchangeImpl : public HttpExchange {
   void Write(std::string data) override {
     if (auto c = connection_.lock()) {
       c->pending_bytes().fetch_add(data.size());
-      c->Post([c, seq = seq_, d = std::move(data)]() mutable { c->DoWrite(seq, std::move(d)); });
+      c->RunOnStrand([c, seq = seq_, d = std::move(data)]() mutable { c->DoWrite(seq, std::move(d)); });
     }
   }
   void EndStream() override {
-    if (auto c = connection_.lock()) c->Post([c, seq = seq_] { c->DoEndStream(seq); });
+    if (auto c = connection_.lock()) c->RunOnStrand([c, seq = seq_] { c->DoEndStream(seq); });
   }
   void OnClientGone(std::function<void()> fn) override {
     if (auto c = connection_.lock()) {
-      c->Post([c, seq = seq_, f = std::move(fn)]() mutable { c->SetOnGone(seq, std::move(f)); });
+      c->RunOnStrand([c, seq = seq_, f = std::move(fn)]() mutable { c->SetOnGone(seq, std::move(f)); });
     } else {
       fn();
     }
@@ -467,6 +483,13 @@ class ExchangeImpl : public HttpExchange {
   size_t pending_bytes() const override {
     if (auto c = connection_.lock()) return c->pending_bytes().load();
     return 0;
+  }
+  void Run(std::function<void()> fn) override {
+    if (auto c = connection_.lock()) {
+      c->RunOnStrand(std::move(fn));
+    } else {
+      fn();
+    }
   }
 
  private:

@@ -48,6 +48,10 @@ class HttpExchange {
   virtual void OnClientGone(std::function<void()> fn) = 0;
   // Bytes handed to Write/Respond and not yet on the socket (a slow reader's backlog).
   virtual size_t pending_bytes() const = 0;
+  // Runs `fn` on the connection's io strand, in order with this exchange's writes (inline when
+  // the connection is gone). Work done per token (detokenizing, formatting) goes here rather
+  // than on the engine's thread, spread over the io threads.
+  virtual void Run(std::function<void()> fn) = 0;
 };
 
 using HttpHandler = std::function<void(HttpRequest, std::shared_ptr<HttpExchange>)>;

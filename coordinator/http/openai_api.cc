@@ -255,11 +255,29 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
     };
     // Tool calls streamed so far, per completion (their index in the delta).
     auto tool_count = std::make_shared<std::vector<int>>(n, 0);
-    callbacks.on_delta = [exchange, chunk, logprobs, tool_count](GenerationJob&, int index,
-                                                                 const TextDelta& d) {
+    // The chunk around one choice's fields, for the per-token fast path below: `head` ends with
+    // the choice's "index": and `tail` closes the choice and holds the envelope's other fields.
+    const std::string frame = Sse(chunk(Json::array({Json{{"index", 0}}})));
+    const size_t at = frame.find("\"index\":0}");
+    std::string head = frame.substr(0, at + 8), tail = frame.substr(at + 9);
+    callbacks.on_delta = [exchange, chunk, logprobs, tool_count, head = std::move(head),
+                          tail = std::move(tail)](GenerationJob&, int index, const TextDelta& d) {
       if (d.finished && d.finish == FinishReason::kError) {
         exchange->Write(Sse(OpenAiErrorJson(ErrorFromStatus(d.error))));
         return;
+      }
+      // The common case, a piece of reasoning or of the answer, written without building a Json.
+      if (!d.finished && d.logprobs.empty() && d.tool_calls.empty() &&
+          (d.reasoning.empty() != d.content.empty())) {
+        std::string out = head;
+        absl::StrAppend(&out, index, d.content.empty() ? ",\"delta\":{\"reasoning_content\":"
+                                                       : ",\"delta\":{\"content\":");
+        if (AppendJsonString(d.content.empty() ? d.reasoning : d.content, &out)) {
+          out += "},\"logprobs\":null,\"finish_reason\":null";
+          out += tail;
+          exchange->Write(std::move(out));
+          return;
+        }
       }
       Json delta = Json::object();
       if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;

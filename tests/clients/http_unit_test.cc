@@ -75,6 +75,19 @@ TEST(Utf8, FindsInvalidSequences) {
   EXPECT_EQ(FindInvalidUtf8("\xF4\x90\x80\x80"), 0u);  // above U+10FFFF
 }
 
+TEST(AppendJsonString, SameAsDumpAndRefusesInvalidUtf8) {
+  for (const std::string& text : {std::string("plain"), std::string("quote \" back \\ slash"),
+                                 std::string("\n\r\t\b\f and \x01\x1f\x7f"),
+                                 std::string("日本🙂 é"), std::string(""), std::string("\0x", 2)}) {
+    std::string fast;
+    ASSERT_TRUE(AppendJsonString(text, &fast));
+    EXPECT_EQ(fast, Dump(Json(text))) << text;
+  }
+  std::string out = "kept";
+  EXPECT_FALSE(AppendJsonString("bad \xff byte", &out));
+  EXPECT_EQ(out, "kept");
+}
+
 TEST(ParseJsonBody, RejectsWithReasons) {
   Json j;
   EXPECT_EQ(ParseJsonBody("{\"a\":1}", &j).status, 0);
