@@ -2,6 +2,9 @@
 //   mpirun -np W r1-worker --model DIR --coordinator HOST:PORT      (rank and size from MPI)
 //   r1-worker --model DIR --coordinator HOST:PORT --rank-from-env   (Kubernetes: registration,
 //       rank from LWS_WORKER_INDEX or the StatefulSet ordinal at the end of HOSTNAME)
+// A Kubernetes pod is a whole node (8 GPUs, so NCCL keeps NVLink and shared memory between its
+// ranks), so a pod runs one r1-worker per GPU: --ranks-per-pod G --local-rank L makes the rank
+// pod index x G + L (deploy/bin/r1-worker-pod starts the G processes).
 // main(): parse flags -> work out rank and size -> build the runtime -> run it until the
 // coordinator says Shutdown, SIGTERM/SIGINT arrives, or an error (printed, exit code 1).
 #include <pthread.h>
@@ -42,6 +45,31 @@ absl::StatusOr<int> RankFromEnvironment() {
       name, "')"));
 }
 
+// The rank of local process `local_rank` of a pod running `ranks_per_pod` of them, and the world
+// size when LeaderWorkerSet tells the group's pod count (LWS_GROUP_SIZE) and no --world-size was
+// given. Refuses what would register as a wrong rank, naming the numbers.
+absl::Status RankForPod(int ranks_per_pod, int local_rank, WorkerOptions& options) {
+  if (local_rank < 0 || local_rank >= ranks_per_pod) {
+    return absl::InvalidArgumentError(absl::StrCat("--local-rank ", local_rank,
+                                                   " is outside this pod's ", ranks_per_pod,
+                                                   " rank(s) (--ranks-per-pod)"));
+  }
+  auto pod = RankFromEnvironment();
+  if (!pod.ok()) return pod.status();
+  options.rank = *pod * ranks_per_pod + local_rank;
+  int pods = 0;
+  const char* lws_size = std::getenv("LWS_GROUP_SIZE");
+  if (options.world_size == 0 && lws_size && absl::SimpleAtoi(lws_size, &pods) && pods > 0) {
+    options.world_size = pods * ranks_per_pod;
+  }
+  if (options.world_size > 0 && options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rank ", options.rank, " (pod ", *pod, " x ", ranks_per_pod, " + local rank ",
+        local_rank, ") is outside world size ", options.world_size));
+  }
+  return absl::OkStatus();
+}
+
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "r1-worker: error: %s\n", std::string(s.message()).c_str());
   return 1;
@@ -58,6 +86,7 @@ int main(int argc, char** argv) {
       "serves the Gloo rendezvous; the group re-forms when a rank restarts."};
   r1::WorkerOptions options;
   bool rank_from_env = false;
+  int ranks_per_pod = 1, local_rank = 0;
   double connect_timeout_s = 30, heartbeat_s = 1;
   app.add_option("--coordinator", options.coordinator, "HOST:PORT of r1-coordinator")->required();
   app.add_option("--model", options.model_dir, "Checkpoint folder on this machine (config.json + safetensors)")
@@ -66,8 +95,20 @@ int main(int argc, char** argv) {
   app.add_flag("--rank-from-env", rank_from_env,
                "Rank from LWS_WORKER_INDEX, or the trailing -N of HOSTNAME (StatefulSet ordinal)")
       ->excludes(rank_opt);
+  auto* per_pod_opt =
+      app.add_option("--ranks-per-pod", ranks_per_pod,
+                     "With --rank-from-env: ranks (GPUs) in each pod; rank = pod index x this + "
+                     "--local-rank")
+          ->default_val(1)
+          ->check(CLI::Range(1, 1024))
+          ->needs("--rank-from-env");
+  app.add_option("--local-rank", local_rank,
+                 "With --rank-from-env: this process's index among its pod's ranks")
+      ->default_val(0)
+      ->needs(per_pod_opt);
   app.add_option("--world-size", options.world_size,
-                 "Number of ranks (default: LWS_GROUP_SIZE if set, else the coordinator's --workers)");
+                 "Number of ranks (default: LWS_GROUP_SIZE x --ranks-per-pod if set, else the "
+                 "coordinator's --workers)");
   app.add_option("--advertise-address", options.advertise_address,
                  "Address Gloo peers reach this rank at (registration path)")
       ->default_val("127.0.0.1");
@@ -103,12 +144,8 @@ int main(int argc, char** argv) {
     options.rank = layout->rank;
     options.world_size = layout->world_size;
   } else if (rank_from_env) {
-    auto rank = r1::RankFromEnvironment();
-    if (!rank.ok()) return r1::Fail(rank.status());
-    options.rank = *rank;
-    int size = 0;
-    const char* lws_size = std::getenv("LWS_GROUP_SIZE");
-    if (options.world_size == 0 && lws_size && absl::SimpleAtoi(lws_size, &size)) options.world_size = size;
+    const absl::Status s = r1::RankForPod(ranks_per_pod, local_rank, options);
+    if (!s.ok()) return r1::Fail(s);
   }
 
   auto runtime = r1::WorkerRuntime::Create(options);
