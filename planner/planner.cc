@@ -793,8 +793,13 @@ std::string RenderText(const PlanResult& r) {
   if (r.fits || (r.memory && r.memory->free_bytes > 0)) {
     s += "\nlaunch\n";
     absl::StrAppend(&s, "  ", CoordinatorCommand(r), "\n  ", MpirunCommand(r), "\n");
-    absl::StrAppend(&s, "  Kubernetes: ", r.world, " workers per group (LeaderWorkerSet size ", r.world,
-                    "), 1 GPU per pod (nvidia.com/gpu: 1), ", q.gpus_per_node, " pods per node; worker args --model ",
+    // deploy/k8s: one pod per node holding all its GPUs (NCCL keeps NVLink and shared memory
+    // between the pod's ranks), one r1-worker per GPU started by r1-worker-pod.
+    const int64_t pods = (r.world + q.gpus_per_node - 1) / q.gpus_per_node;
+    const int64_t per_pod = std::min<int64_t>(r.world, q.gpus_per_node);
+    absl::StrAppend(&s, "  Kubernetes (deploy/k8s): ", pods, " pod(s) of ", per_pod,
+                    " GPUs (LeaderWorkerSet size ", pods, ", nvidia.com/gpu: ", per_pod, ", R1_GPUS_PER_POD ",
+                    per_pod, "), ", r.world, " workers; r1-worker-pod --ranks ", per_pod, " -- --model ",
                     ModelDir(q), " --coordinator ", q.coordinator, " --rank-from-env\n");
   }
 
@@ -893,7 +898,10 @@ nlohmann::json RenderJson(const PlanResult& r) {
     if (m.free_bytes > 0) {
       j["launch"] = {{"coordinator", CoordinatorCommand(r)},
                      {"mpirun", MpirunCommand(r)},
-                     {"kubernetes", {{"workers_per_group", r.world}, {"gpus_per_pod", 1}, {"pods_per_node", q.gpus_per_node}}}};
+                     {"kubernetes",
+                      {{"workers_per_group", r.world},
+                       {"pods", (r.world + q.gpus_per_node - 1) / q.gpus_per_node},
+                       {"gpus_per_pod", std::min<int64_t>(r.world, q.gpus_per_node)}}}};
     }
   }
   j["host"] = {{"checkpoint_bytes", r.model.by_part.total() + r.model.mtp_bytes},

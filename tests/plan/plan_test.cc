@@ -206,7 +206,9 @@ TEST(PlanR1, EightH200Fits) {
   EXPECT_EQ(j["per_gpu"]["weights"]["total"], R1PerGpu(8).total());
   EXPECT_EQ(j["kv"]["bytes_per_token"], 70272);
   EXPECT_EQ(j["launch"]["kubernetes"]["workers_per_group"], 8);
-  EXPECT_EQ(j["launch"]["kubernetes"]["gpus_per_pod"], 1);
+  EXPECT_EQ(j["launch"]["kubernetes"]["gpus_per_pod"], 8);
+  EXPECT_EQ(j["launch"]["kubernetes"]["pods"], 1);
+  EXPECT_NE(text.find("1 pod(s) of 8 GPUs (LeaderWorkerSet size 1, nvidia.com/gpu: 8"), std::string::npos) << text;
   EXPECT_EQ(j["model"]["mtp_loaded"], false);
 }
 
