@@ -8,35 +8,13 @@
 "use strict";
 const test = require("node:test");
 const assert = require("node:assert/strict");
-const net = require("net");
-const { spawn } = require("child_process");
 const { startServer, requireClient, postJson } = require("./harness.js");
+const { sleep, freePort, launch } = require("../deploy/procs.js");
 const OpenAI = requireClient("openai");
 
 const MODEL = process.env.R1_TEST_MODEL;
 const COORDINATOR = process.env.R1_TEST_COORDINATOR;
 const WORKER = process.env.R1_TEST_WORKER;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function launch(cmd, args, env = {}) {
-  const proc = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  proc.stdout.on("data", (d) => (out += d));
-  proc.stderr.on("data", (d) => (out += d));
-  const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve(code ?? signal)));
-  return { proc, exited, output: () => out };
-}
 
 let coordinator, reference, url, coordinatorAddress;
 const workers = [];
@@ -46,7 +24,7 @@ function startWorker(rank) {
     WORKER,
     ["--coordinator", coordinatorAddress, "--model", MODEL, "--rank-from-env", "--world-size", "2",
      "--heartbeat-interval", "0.2"],
-    { LWS_WORKER_INDEX: String(rank), OMP_NUM_THREADS: "1" });
+    { env: { ...process.env, LWS_WORKER_INDEX: String(rank), OMP_NUM_THREADS: "1" } });
 }
 
 async function waitReady(want, ms) {
