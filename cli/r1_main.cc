@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/generate_gpu.h"
 #include "cli/info.h"
 #include "cli/make_tiny.h"
 #include "cli/plan.h"
@@ -139,6 +140,15 @@ int main(int argc, char** argv) {
   generate->add_option("--top-k", gen.sampling.top_k, "Keep the k most likely tokens; 0 = all")->default_val(0);
   generate->add_option("--seed", gen.sampling.seed, "Random seed")->default_val(0);
   generate->add_flag("!--no-eos-stop", gen.stop_at_eos, "Keep generating after the EOS token");
+  bool use_gpu = false;
+  std::string gpu_activations = "f32";
+  auto* gpu_flag = generate->add_flag("--gpu", use_gpu, "Run on GPU 0 (the CUDA backend), sampling on the GPU");
+  gpu_flag->excludes("--coordinator");
+  generate->add_option("--gpu-activations", gpu_activations,
+                       "GPU activation numerics: f32 (reference precision), bf16, or fp8 (DeepSeek's FP8 scheme)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}))
+      ->default_val("f32")
+      ->needs(gpu_flag);
 
   std::string text;
   bool parse_special = false, skip_special = false;
@@ -185,6 +195,11 @@ int main(int argc, char** argv) {
     return s.ok() ? 0 : r1::Fail(s);
   }
   if (generate->parsed() && model_dir.empty()) return r1::Fail(absl::InvalidArgumentError("--model or --coordinator is required"));
+  if (generate->parsed() && use_gpu) {
+    auto ids = r1::ParseTokens(tokens);
+    const absl::Status s = ids.ok() ? r1::RunGpuGenerate(model_dir, *ids, gen, gpu_activations) : ids.status();
+    return s.ok() ? 0 : r1::Fail(s);
+  }
   if (generate->parsed()) return r1::RunGenerate(model_dir, tokens, gen);
   if (tokenize->parsed()) {
     const absl::Status s = r1::RunTokenize(model_dir, text, parse_special);

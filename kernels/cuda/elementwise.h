@@ -11,8 +11,11 @@
 
 namespace r1::cuda {
 
-struct RopeParams {
-  __nv_bfloat16* x = nullptr;        // rows of `dim` values, `stride` elements apart, rotated in place
+// The activation-moving ops come in two element types: bf16 (the serving path) and float32 (the
+// reference-precision path of the GPU model); the math is float32 in both.
+template <typename T>
+struct RopeParamsT {
+  T* x = nullptr;                    // rows of `dim` values, `stride` elements apart, rotated in place
   int64_t rows = 0;
   int64_t rows_per_position = 1;     // row r uses positions[r / rows_per_position] (heads of a token)
   int64_t dim = 0;                   // even
@@ -22,28 +25,36 @@ struct RopeParams {
   float factor = 1.0f;                 // cos/sin scale (YaRN attention factor)
   bool interleave = true;              // pairs (2i, 2i+1), else (i, i + dim/2)
 };
-absl::Status Rope(const RopeParams& p, cudaStream_t stream);
+using RopeParams = RopeParamsT<__nv_bfloat16>;
+absl::Status Rope(const RopeParamsT<__nv_bfloat16>& p, cudaStream_t stream);
+absl::Status Rope(const RopeParamsT<float>& p, cudaStream_t stream);
 
 // out[i] = silu(gate[i]) * up[i] for n values; gate and up are the two halves of one [rows, 2I]
 // buffer or separate buffers alike.
-struct SwigluParams {
-  const __nv_bfloat16* gate = nullptr;
-  const __nv_bfloat16* up = nullptr;
-  __nv_bfloat16* out = nullptr;
+template <typename T>
+struct SwigluParamsT {
+  const T* gate = nullptr;
+  const T* up = nullptr;
+  T* out = nullptr;
   int64_t rows = 0, cols = 0;
   int64_t gate_stride = 0, up_stride = 0, out_stride = 0;  // elements between rows
 };
-absl::Status Swiglu(const SwigluParams& p, cudaStream_t stream);
+using SwigluParams = SwigluParamsT<__nv_bfloat16>;
+absl::Status Swiglu(const SwigluParamsT<__nv_bfloat16>& p, cudaStream_t stream);
+absl::Status Swiglu(const SwigluParamsT<float>& p, cudaStream_t stream);
 
 // out[r, :] = table[ids[r] - first_id, :] for ids in [first_id, first_id + table_rows), else 0
 // (vocabulary-parallel embedding: each rank fills its slice, an all-reduce sums them).
-struct EmbeddingParams {
+template <typename T>
+struct EmbeddingParamsT {
   const __nv_bfloat16* table = nullptr;  // [table_rows, dim]
   const int32_t* ids = nullptr;          // device [rows]
-  __nv_bfloat16* out = nullptr;          // [rows, dim]
+  T* out = nullptr;                      // [rows, dim]
   int64_t rows = 0, dim = 0, table_rows = 0, first_id = 0;
 };
-absl::Status Embedding(const EmbeddingParams& p, cudaStream_t stream);
+using EmbeddingParams = EmbeddingParamsT<__nv_bfloat16>;
+absl::Status Embedding(const EmbeddingParamsT<__nv_bfloat16>& p, cudaStream_t stream);
+absl::Status Embedding(const EmbeddingParamsT<float>& p, cudaStream_t stream);
 
 // ids[r] = argmax over cols of logits[r, :] (float32), lowest index on ties.
 struct ArgmaxParams {

@@ -113,7 +113,9 @@ absl::Status GemmRunner::Fp8(const Fp8GemmParams& p, cudaStream_t stream) {
 }
 
 absl::Status GemmRunner::Bf16(const Bf16GemmParams& p, cudaStream_t stream) {
-  if (!p.x || !p.w || !p.y) return absl::InvalidArgumentError("bf16 gemm: null pointer");
+  if (!p.x || !p.w || (!p.y == !p.y_f32)) {
+    return absl::InvalidArgumentError("bf16 gemm: null pointer (give x, w, and one of y and y_f32)");
+  }
   if (auto s = CheckShape(p.m, p.n, p.k, 8, "bf16 gemm"); !s.ok()) return s;
   LtObjects o;
   R1_CUBLAS(cublasLtMatmulDescCreate(&o.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
@@ -122,8 +124,9 @@ absl::Status GemmRunner::Bf16(const Bf16GemmParams& p, cudaStream_t stream) {
   R1_CUBLAS(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
   R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, CUDA_R_16BF, p.k, p.n, p.k), "layout w");
   R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.b, CUDA_R_16BF, p.k, p.m, p.k), "layout x");
-  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.d, CUDA_R_16BF, p.n, p.m, p.n), "layout y");
-  return RunMatmul(handle_, o, p.w, p.x, p.y, workspace_, workspace_bytes_, stream);
+  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.d, p.y_f32 ? CUDA_R_32F : CUDA_R_16BF, p.n, p.m, p.n), "layout y");
+  void* y = p.y_f32 ? static_cast<void*>(p.y_f32) : static_cast<void*>(p.y);
+  return RunMatmul(handle_, o, p.w, p.x, y, workspace_, workspace_bytes_, stream);
 }
 
 namespace {

@@ -49,6 +49,7 @@ struct Bf16GemmParams {
   const __nv_bfloat16* w = nullptr;  // [n, k]
   __nv_bfloat16* y = nullptr;        // [m, n]
   int64_t m = 0, n = 0, k = 0;
+  float* y_f32 = nullptr;            // instead of y: a float32 output [m, n] (logits)
 };
 
 // Owns the cuBLASLt handle and workspace; one per stream.

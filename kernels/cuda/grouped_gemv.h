@@ -15,28 +15,35 @@
 
 namespace r1::cuda {
 
-struct GroupedFp8GemvParams {
-  const __nv_bfloat16* x = nullptr;  // [rows, k] permuted activations (rows = offsets[experts])
+// Activations (x, y) are bf16, or float32 for the GPU model's reference-precision path.
+template <typename T>
+struct GroupedFp8GemvParamsT {
+  const T* x = nullptr;              // [rows, k] permuted activations (rows = offsets[experts])
   const int32_t* offsets = nullptr;  // [experts + 1] device
   const __nv_fp8_e4m3* w = nullptr;  // [experts, n, w_stride] e4m3 codes, experts back to back
   const float* scales = nullptr;     // [experts, ceil(n/128), scale_stride] block scales
   const __nv_bfloat16* w_bf16 = nullptr;  // instead of w + scales: unquantised [experts, n, w_stride]
-  __nv_bfloat16* y = nullptr;        // [rows, n]
+  T* y = nullptr;                    // [rows, n]
   int64_t experts = 0, n = 0, k = 0;
   int64_t w_stride = 0;       // codes per weight row (>= k)
   int64_t scale_stride = 0;   // scales per block row (>= ceil(k/128))
 };
-absl::Status GroupedFp8Gemv(const GroupedFp8GemvParams& p, cudaStream_t stream);
+using GroupedFp8GemvParams = GroupedFp8GemvParamsT<__nv_bfloat16>;
+absl::Status GroupedFp8Gemv(const GroupedFp8GemvParamsT<__nv_bfloat16>& p, cudaStream_t stream);
+absl::Status GroupedFp8Gemv(const GroupedFp8GemvParamsT<float>& p, cudaStream_t stream);
 
 // out[t, :] += sum_j weights[t, j] * y[slot[t, j], :] for slot >= 0, j in a fixed order (so the
-// result does not depend on thread timing). y bf16, out float32 (the residual stream).
-struct MoeCombineParams {
-  const __nv_bfloat16* y = nullptr;  // [entries, dim] expert outputs in permuted order
+// result does not depend on thread timing). y bf16 (or float32), out float32 (the residual stream).
+template <typename T>
+struct MoeCombineParamsT {
+  const T* y = nullptr;              // [entries, dim] expert outputs in permuted order
   const int32_t* slot = nullptr;     // [tokens, top_k] entry of each choice (-1: not on this rank)
   const float* weights = nullptr;    // [tokens, top_k] routing weights
   float* out = nullptr;              // [tokens, dim]
   int64_t tokens = 0, top_k = 0, dim = 0;
 };
-absl::Status MoeCombine(const MoeCombineParams& p, cudaStream_t stream);
+using MoeCombineParams = MoeCombineParamsT<__nv_bfloat16>;
+absl::Status MoeCombine(const MoeCombineParamsT<__nv_bfloat16>& p, cudaStream_t stream);
+absl::Status MoeCombine(const MoeCombineParamsT<float>& p, cudaStream_t stream);
 
 }  // namespace r1::cuda

@@ -11,17 +11,20 @@
 
 namespace r1::cuda {
 
-struct RmsNormParams {
-  const __nv_bfloat16* x = nullptr;  // [rows, dim] bf16 activations, row stride x_stride elements
+template <typename T>
+struct RmsNormParamsT {
+  const T* x = nullptr;              // [rows, dim] activations (bf16 or float32), row stride x_stride
   const float* weight = nullptr;     // [dim] float32 norm weight
-  __nv_bfloat16* out = nullptr;      // [rows, dim] bf16, row stride out_stride elements
+  T* out = nullptr;                  // [rows, dim], row stride out_stride elements
   int64_t rows = 0;
   int64_t dim = 0;
   int64_t x_stride = 0;
   int64_t out_stride = 0;
   float eps = 1e-6f;
 };
+using RmsNormParams = RmsNormParamsT<__nv_bfloat16>;
 
-absl::Status RmsNorm(const RmsNormParams& p, cudaStream_t stream);
+absl::Status RmsNorm(const RmsNormParamsT<__nv_bfloat16>& p, cudaStream_t stream);
+absl::Status RmsNorm(const RmsNormParamsT<float>& p, cudaStream_t stream);
 
 }  // namespace r1::cuda

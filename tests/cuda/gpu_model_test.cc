@@ -1,7 +1,11 @@
-// The whole model on the GPU: token-by-token decode through the paged bf16 latent cache against
-// prefill, a mixed batch against each sequence alone, and (disabled until it holds) prefill
-// against transformers' golden logits. Bound: relative L2 ≤ 3e-2 and the same argmax wherever
-// the reference's top-2 margin exceeds 0.05.
+// The whole model on the GPU, in each activation mode (GpuActivations): token-by-token decode
+// through the paged bf16 latent cache against prefill, a mixed batch against each sequence alone,
+// and prefill (and decode) against the CPU reference and transformers' golden logits. Bound:
+// relative L2 <= 3e-2 and the same argmax wherever the reference's top-2 margin exceeds 0.05.
+// The float32 mode is held to the whole bound on every golden model; bf16 to the L2 half (a
+// near-tied router choice can flip); fp8 (DeepSeek's activation quantisation) to the L2 half
+// against the CPU reference emulating the same quantisation. docs/design.md ("GPU") has the
+// measured per-op error table behind these choices.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -9,6 +13,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <tuple>
 
 #include "gtest/gtest.h"
 #include "tests/unit/test_util.h"
@@ -51,16 +56,24 @@ struct Check {
   }
 };
 
-class GpuModelTest : public ::testing::TestWithParam<std::string> {
+using Param = std::tuple<std::string, GpuActivations>;
+
+class GpuModelTest : public ::testing::TestWithParam<Param> {
  protected:
   void SetUp() override {
     if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   }
+  const std::string& dir() const { return std::get<0>(GetParam()); }
+  GpuActivations mode() const { return std::get<1>(GetParam()); }
+  bool fp8_checkpoint() const { return dir().ends_with("fp8"); }
+  std::string label() const { return dir() + " (" + GpuActivationsName(mode()) + ")"; }
   GpuDeepseekV3Model& model() {
-    static std::map<std::string, std::unique_ptr<GpuDeepseekV3Model>> models;
+    static std::map<Param, std::unique_ptr<GpuDeepseekV3Model>> models;
     auto& m = models[GetParam()];
     if (!m) {
-      auto loaded = GpuDeepseekV3Model::Load(GoldenModel(GetParam()));
+      GpuModelOptions o;
+      o.activations = mode();
+      auto loaded = GpuDeepseekV3Model::Load(GoldenModel(dir()), o);
       EXPECT_TRUE(loaded.ok()) << loaded.status();
       if (!loaded.ok()) std::abort();
       m = std::move(*loaded);
@@ -69,7 +82,7 @@ class GpuModelTest : public ::testing::TestWithParam<std::string> {
   }
   const SafetensorsFile& golden() {
     static std::map<std::string, std::unique_ptr<SafetensorsFile>> files;
-    const std::string name = GetParam().substr(0, GetParam().rfind('-'));
+    const std::string name = dir().substr(0, dir().rfind('-'));
     auto& f = files[name];
     if (!f) f = std::move(*SafetensorsFile::Open(GoldenData(name)));
     return *f;
@@ -115,7 +128,7 @@ TEST_P(GpuModelTest, DecodeThroughPagedCacheEqualsPrefill) {
   EXPECT_LE(check.worst_err, kTolerance);
   EXPECT_EQ(check.argmax_wrong, 0);
   std::printf("[ gpu ] %s decode vs prefill, %zu positions: rel L2 %.3g (worst %.3g), argmax %d/%d\n",
-              GetParam().c_str(), ids.size(), check.overall(), check.worst_err,
+              label().c_str(), ids.size(), check.overall(), check.worst_err,
               check.argmax_checked - check.argmax_wrong, check.argmax_checked);
 }
 
@@ -144,15 +157,15 @@ TEST_P(GpuModelTest, MixedBatchEqualsEachSequenceAlone) {
   EXPECT_EQ(check.argmax_wrong, 0);
 }
 
-// Against the CPU reference running the same numerics (FP8 activation quantisation emulated
-// for FP8 checkpoints, plain float32 otherwise). `strict_argmax`: also require the same argmax
-// wherever the reference's top-2 margin exceeds 0.05.
-void CompareWithCpuReference(GpuDeepseekV3Model& gpu, const std::string& dir, const SafetensorsFile& golden,
-                             bool strict_argmax) {
+// Against the CPU reference running the same numerics: FP8 activation quantisation emulated in
+// the fp8 mode (a no-op for the BF16 checkpoints), plain float32 otherwise. `strict_argmax`: also
+// require the same argmax wherever the reference's top-2 margin exceeds 0.05.
+void CompareWithCpuReference(GpuDeepseekV3Model& gpu, const std::string& dir, GpuActivations mode,
+                             const SafetensorsFile& golden, bool strict_argmax) {
   const int64_t vocab = gpu.config().vocab_size;
   auto cpu = DeepseekV3Model::Load(GoldenModel(dir));
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  (*cpu)->set_emulate_fp8_activations(true);  // a no-op for the BF16 checkpoints
+  (*cpu)->set_emulate_fp8_activations(mode == GpuActivations::kFp8);
   for (int i = 0; i < 4; ++i) {
     const auto ids = ReadI32(golden, "prompt." + std::to_string(i) + ".tokens");
     auto cc = PagedKvCache::Create((ids.size() + 15) / 16, 16, gpu.config().num_hidden_layers,
@@ -169,45 +182,64 @@ void CompareWithCpuReference(GpuDeepseekV3Model& gpu, const std::string& dir, co
     if (strict_argmax) {
       EXPECT_EQ(check.argmax_wrong, 0) << "prompt " << i;
     }
-    std::printf("[ gpu ] %s vs CPU reference, prefill %zu tokens: rel L2 %.3g (worst position %.3g), argmax %d/%d\n",
-                dir.c_str(), ids.size(), check.overall(), check.worst_err,
-                check.argmax_checked - check.argmax_wrong, check.argmax_checked);
+    std::printf("[ gpu ] %s (%s) vs CPU reference, prefill %zu tokens: rel L2 %.3g (worst position %.3g), "
+                "argmax %d/%d\n", dir.c_str(), GpuActivationsName(mode), ids.size(), check.overall(),
+                check.worst_err, check.argmax_checked - check.argmax_wrong, check.argmax_checked);
   }
 }
 
-TEST_P(GpuModelTest, PrefillMatchesCpuReference) { CompareWithCpuReference(model(), GetParam(), golden(), false); }
-
-// The argmax half of the criterion does not hold yet: 1-3 positions of a long prompt differ,
-// where a near-tied router choice goes the other way under bf16/FP8 rounding. Disabled until it
-// does; run it with --gtest_also_run_disabled_tests.
-TEST_P(GpuModelTest, DISABLED_ArgmaxAgreesWithCpuReferenceWhereMarginIsClear) {
-  CompareWithCpuReference(model(), GetParam(), golden(), true);
+TEST_P(GpuModelTest, PrefillMatchesCpuReference) {
+  CompareWithCpuReference(model(), dir(), mode(), golden(), false);
 }
 
-// Against transformers' golden logits (float32 activations). Not within the bound for the FP8
-// checkpoints: DeepSeek's FP8 activation quantisation alone, emulated on the CPU, moves
-// golden-a's one-token logits by 5.7% rel L2 (tests/unit/golden_test.cc prints it). Kept,
-// disabled, as the measurement; run it with --gtest_also_run_disabled_tests.
-TEST_P(GpuModelTest, DISABLED_PrefillMatchesGolden) {
+// The argmax half of the bound, against the float32 CPU reference: held by the float32 mode.
+// In bf16 a near-tied router choice on golden-a's 300-token prompt goes the other way and moves
+// that position's logits by up to 8% (docs/design.md, "GPU").
+TEST_P(GpuModelTest, ArgmaxAgreesWithCpuReferenceWhereMarginIsClear) {
+  if (mode() != GpuActivations::kFloat32) {
+    GTEST_SKIP() << "the argmax bound is claimed for the f32 activation mode only (docs/design.md, GPU)";
+  }
+  CompareWithCpuReference(model(), dir(), mode(), golden(), true);
+}
+
+// Against transformers' golden logits (float32 activations, FP8 checkpoints dequantised), prefill
+// and token-by-token decode: L2 in the f32 and bf16 modes, argmax too in f32. The fp8 mode on the
+// FP8 checkpoints is outside the bound by construction: quantising kv_a_proj's input alone moves
+// golden-a's one-token logits by 5.2% (measured per GEMM, docs/design.md); it is held to the CPU
+// reference emulating the same quantisation instead (PrefillMatchesCpuReference).
+TEST_P(GpuModelTest, PrefillAndDecodeMatchGolden) {
+  if (mode() == GpuActivations::kFp8 && fp8_checkpoint()) {
+    GTEST_SKIP() << "FP8 activation quantisation on the tiny golden models exceeds the bound (5.3e-2 on golden-a's "
+                    "one-token prompt); checked against the CPU emulation instead";
+  }
+  const bool strict_argmax = mode() == GpuActivations::kFloat32;
   const int64_t vocab = model().config().vocab_size;
   for (int i = 0; i < 4; ++i) {
     const auto ids = ReadI32(golden(), "prompt." + std::to_string(i) + ".tokens");
     const auto want = ReadF32(golden(), "prompt." + std::to_string(i) + ".logits");
     TwoWays r = RunBothWays(model(), ids);
-    Check check;
-    for (size_t p = 0; p < ids.size(); ++p) check.Row(r.prefill.data() + p * vocab, want.data() + p * vocab, vocab);
-    EXPECT_LE(check.overall(), kTolerance) << "prompt " << i;
-    EXPECT_EQ(check.argmax_wrong, 0) << "prompt " << i;
-    std::printf("[ gpu ] %s vs golden, prefill %zu tokens: rel L2 %.3g (worst position %.3g), argmax %d/%d\n",
-                GetParam().c_str(), ids.size(), check.overall(), check.worst_err,
-                check.argmax_checked - check.argmax_wrong, check.argmax_checked);
+    for (const auto* got : {&r.prefill, &r.decode}) {
+      Check check;
+      for (size_t p = 0; p < ids.size(); ++p) check.Row(got->data() + p * vocab, want.data() + p * vocab, vocab);
+      const char* how = got == &r.prefill ? "prefill" : "decode";
+      EXPECT_LE(check.overall(), kTolerance) << how << ", prompt " << i;
+      if (strict_argmax) {
+        EXPECT_EQ(check.argmax_wrong, 0) << how << ", prompt " << i;
+      }
+      std::printf("[ gpu ] %s vs golden, %s %zu tokens: rel L2 %.3g (worst position %.3g), argmax %d/%d\n",
+                  label().c_str(), how, ids.size(), check.overall(), check.worst_err,
+                  check.argmax_checked - check.argmax_wrong, check.argmax_checked);
+    }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GpuModelTest,
-                         ::testing::Values("golden-a-fp8", "golden-b-fp8", "golden-a-bf16", "golden-b-bf16"),
+                         ::testing::Combine(::testing::Values("golden-a-fp8", "golden-b-fp8", "golden-a-bf16",
+                                                              "golden-b-bf16"),
+                                            ::testing::Values(GpuActivations::kFloat32, GpuActivations::kBf16,
+                                                              GpuActivations::kFp8)),
                          [](const auto& info) {
-                           std::string s = info.param;
+                           std::string s = std::get<0>(info.param) + "_" + GpuActivationsName(std::get<1>(info.param));
                            std::replace(s.begin(), s.end(), '-', '_');
                            return s;
                          });

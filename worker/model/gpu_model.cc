@@ -1,13 +1,21 @@
 #include "worker/model/gpu_model.h"
 
 #include <cuda_runtime.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "kernels/cuda/dequant_gemm.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/grouped_gemv.h"
 #include "kernels/cuda/moe_permute.h"
@@ -24,13 +32,6 @@ absl::Status CudaCheck(cudaError_t e, absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
 
-template <typename T>
-absl::StatusOr<DeviceMemory> Upload(const T* data, size_t count) {
-  R1_ASSIGN_OR_RETURN(DeviceMemory m, DeviceMemory::Allocate(count * sizeof(T)));
-  R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpy(m.ptr, data, count * sizeof(T), cudaMemcpyHostToDevice), "upload"));
-  return m;
-}
-
 std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
   std::vector<uint16_t> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
@@ -38,6 +39,189 @@ std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
 }
 
 }  // namespace
+
+absl::StatusOr<GpuActivations> ParseGpuActivations(absl::string_view name) {
+  if (name == "f32") return GpuActivations::kFloat32;
+  if (name == "bf16") return GpuActivations::kBf16;
+  if (name == "fp8") return GpuActivations::kFp8;
+  return absl::InvalidArgumentError(absl::StrCat("GPU activations '", name, "': expected f32, bf16 or fp8"));
+}
+
+const char* GpuActivationsName(GpuActivations a) {
+  switch (a) {
+    case GpuActivations::kFloat32: return "f32";
+    case GpuActivations::kBf16: return "bf16";
+    case GpuActivations::kFp8: return "fp8";
+  }
+  return "?";
+}
+
+// Copies host bytes to device memory on several threads. Each piece (at most piece_bytes) is
+// copied by one worker from its source into one of the worker's two pinned buffers and sent on
+// with cudaMemcpyAsync on the worker's stream; the buffer is reused once that copy completes, so
+// every worker overlaps its next read with its last transfer. Sources in the mmapped checkpoint
+// are read ahead with MADV_WILLNEED (one large read instead of page-sized faults), and several
+// workers keep several reads in flight: the disk, not one thread's page faults, sets the pace.
+// Borrowed sources must stay valid until Finish; owned ones (Add with a vector) are kept alive by
+// the uploader, and Add waits while more than kMaxOwnedBytes of them are queued.
+class GpuDeepseekV3Model::Uploader {
+ public:
+  static absl::StatusOr<std::unique_ptr<Uploader>> Create(int threads, size_t piece_bytes) {
+    if (threads < 1 || threads > 256 || piece_bytes < 4096) {
+      return absl::InvalidArgumentError(absl::StrCat("loader: load_threads ", threads, " must be in [1, 256] and ",
+                                                     "load_piece_bytes ", piece_bytes, " at least 4096"));
+    }
+    auto u = std::unique_ptr<Uploader>(new Uploader());
+    u->piece_ = piece_bytes;
+    R1_RETURN_IF_ERROR(CudaCheck(cudaGetDevice(&u->device_), "loader: current device"));
+    u->workers_.resize(threads);
+    for (Worker& w : u->workers_) {
+      R1_RETURN_IF_ERROR(CudaCheck(cudaStreamCreateWithFlags(&w.stream, cudaStreamNonBlocking), "loader stream"));
+      for (int b = 0; b < 2; ++b) {
+        R1_RETURN_IF_ERROR(CudaCheck(cudaMallocHost(&w.pinned[b], piece_bytes), "loader: pinned staging buffer"));
+        R1_RETURN_IF_ERROR(CudaCheck(cudaEventCreateWithFlags(&w.done[b], cudaEventDisableTiming), "loader event"));
+      }
+    }
+    for (Worker& w : u->workers_) w.thread = std::thread([p = u.get(), &w] { p->Run(w); });
+    return u;
+  }
+
+  ~Uploader() {
+    (void)Finish();
+    for (Worker& w : workers_) {
+      for (int b = 0; b < 2; ++b) {
+        if (w.pinned[b]) cudaFreeHost(w.pinned[b]);
+        if (w.done[b]) cudaEventDestroy(w.done[b]);
+      }
+      if (w.stream) cudaStreamDestroy(w.stream);
+    }
+  }
+
+  // Borrowed source: `src` stays valid until Finish.
+  void Add(void* dst, const void* src, size_t bytes) { Enqueue(dst, static_cast<const uint8_t*>(src), bytes, nullptr, 0); }
+
+  // Owned source: the uploader keeps `data` until its bytes are staged.
+  template <typename T>
+  void Add(void* dst, std::vector<T> data) {
+    const size_t bytes = data.size() * sizeof(T);
+    auto keep = std::make_shared<std::vector<T>>(std::move(data));
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(keep->data());
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      room_.wait(lock, [&] { return owned_queued_ < kMaxOwnedBytes || !error_.ok(); });
+      owned_queued_ += bytes;
+    }
+    Enqueue(dst, src, bytes, std::move(keep), bytes);
+  }
+
+  // Waits for every piece to reach the device; the first error, if any.
+  absl::Status Finish() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return error_;
+      closed_ = true;
+    }
+    work_.notify_all();
+    for (Worker& w : workers_) {
+      if (w.thread.joinable()) w.thread.join();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+    return error_;
+  }
+
+ private:
+  static constexpr size_t kMaxOwnedBytes = size_t{1} << 30;
+  struct Piece {
+    uint8_t* dst;
+    const uint8_t* src;
+    size_t bytes;
+    std::shared_ptr<const void> keep;  // owned source, shared by its pieces
+    size_t owned_bytes;                // accounted against kMaxOwnedBytes (this piece's share)
+  };
+  struct Worker {
+    cudaStream_t stream = nullptr;
+    void* pinned[2] = {nullptr, nullptr};
+    cudaEvent_t done[2] = {nullptr, nullptr};
+    bool busy[2] = {false, false};
+    int next = 0;
+    std::thread thread;
+  };
+
+  Uploader() = default;
+
+  void Enqueue(void* dst, const uint8_t* src, size_t bytes, std::shared_ptr<const void> keep, size_t owned) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t off = 0; off < bytes; off += piece_) {
+        const size_t n = std::min(piece_, bytes - off);
+        queue_.push_back({static_cast<uint8_t*>(dst) + off, src + off, n, keep, owned ? n : 0});
+      }
+    }
+    work_.notify_all();
+  }
+
+  void Fail(const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_.ok()) error_ = s;
+    room_.notify_all();
+  }
+
+  void Run(Worker& w) {
+    if (auto s = CudaCheck(cudaSetDevice(device_), "loader: set device"); !s.ok()) Fail(s);
+    const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    for (;;) {
+      Piece p;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        work_.wait(lock, [&] { return closed_ || !queue_.empty(); });
+        if (queue_.empty()) break;
+        p = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      bool failed;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        failed = !error_.ok();
+      }
+      if (!failed) {
+        const int b = w.next;
+        w.next ^= 1;
+        absl::Status s;
+        if (w.busy[b]) s = CudaCheck(cudaEventSynchronize(w.done[b]), "loader: host-to-device copy");
+        if (s.ok()) {
+          if (!p.keep) {  // the mmapped checkpoint: ask for the whole piece in one read
+            const uintptr_t a = reinterpret_cast<uintptr_t>(p.src) & ~(page - 1);
+            ::madvise(reinterpret_cast<void*>(a), reinterpret_cast<uintptr_t>(p.src) + p.bytes - a, MADV_WILLNEED);
+          }
+          std::memcpy(w.pinned[b], p.src, p.bytes);
+          s = CudaCheck(cudaMemcpyAsync(p.dst, w.pinned[b], p.bytes, cudaMemcpyHostToDevice, w.stream),
+                        "loader: host-to-device copy");
+        }
+        if (s.ok()) s = CudaCheck(cudaEventRecord(w.done[b], w.stream), "loader: event");
+        w.busy[b] = s.ok();
+        if (!s.ok()) Fail(s);
+      }
+      p.keep.reset();
+      if (p.owned_bytes) {
+        std::lock_guard<std::mutex> lock(mu_);
+        owned_queued_ -= p.owned_bytes;
+        room_.notify_all();
+      }
+    }
+    if (auto s = CudaCheck(cudaStreamSynchronize(w.stream), "loader: host-to-device copy"); !s.ok()) Fail(s);
+  }
+
+  int device_ = 0;
+  size_t piece_ = 0;
+  std::vector<Worker> workers_;
+  std::mutex mu_;
+  std::condition_variable work_, room_;
+  std::deque<Piece> queue_;
+  size_t owned_queued_ = 0;
+  bool closed_ = false, finished_ = false;
+  absl::Status error_;
+};
 
 DeviceMemory& DeviceMemory::operator=(DeviceMemory&& o) noexcept {
   if (this != &o) {
@@ -91,6 +275,7 @@ absl::StatusOr<std::unique_ptr<GpuDeepseekV3Model>> GpuDeepseekV3Model::Load(con
   R1_ASSIGN_OR_RETURN(m->gemm_, cuda::GemmRunner::Create());
   R1_RETURN_IF_ERROR(m->LoadWeights(*ckpt));
   R1_RETURN_IF_ERROR(m->AllocateWorkspace());
+  R1_LOG(INFO) << "GPU activations: " << GpuActivationsName(options.activations);
   return m;
 }
 
@@ -103,62 +288,123 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
   const ModelConfig& c = config_;
   const int64_t h = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
   const int64_t nope = c.qk_nope_head_dim, vd = c.v_head_dim, kvr = c.kv_lora_rank;
+  R1_ASSIGN_OR_RETURN(auto up, Uploader::Create(options_.load_threads, options_.load_piece_bytes));
   auto count = [&](const DeviceMemory& d) { weight_bytes_ += d.bytes; };
-  // A linear weight exactly as stored when it is FP8 (codes and block scales copied as they are),
-  // converted to bf16 otherwise.
-  auto linear = [&](const std::string& name, int64_t n, int64_t k, GpuLinear* out) -> absl::Status {
+  // Device memory for `bytes` filled from `owned` (host data the uploader keeps).
+  auto upload = [&](auto owned, DeviceMemory* out) -> absl::Status {
+    R1_ASSIGN_OR_RETURN(*out, DeviceMemory::Allocate(owned.size() * sizeof(owned[0])));
+    count(*out);
+    up->Add(out->ptr, std::move(owned));
+    return absl::OkStatus();
+  };
+  // An FP8 weight's codes (rows padded to k_stored with zero columns when k is not a multiple of
+  // 128) and its block scales (rows padded to `stride`), written at w_dst / s_dst.
+  struct Fp8Shape { int64_t k_stored, stride; };
+  auto fp8_shape = [&](int64_t k) { return Fp8Shape{cuda::Fp8PaddedK(k), cuda::Fp8ScaleStride(cuda::Fp8PaddedK(k))}; };
+  auto put_fp8 = [&](const std::string& name, const TensorView& t, int64_t n, int64_t k, void* w_dst,
+                     void* s_dst) -> absl::Status {
+    if (!c.fp8 || c.fp8->block_rows != 128 || c.fp8->block_cols != 128) {
+      return absl::FailedPreconditionError(absl::StrCat(t.file, ": tensor ", name, ": FP8 needs 128x128 block scales"));
+    }
+    const std::string sname = name.substr(0, name.size() - 7) + ".weight_scale_inv";
+    auto s = ckpt.Get(sname, {(n + 127) / 128, (k + 127) / 128});
+    if (!s.ok()) return Annotate(s.status(), absl::StrCat(t.file, ": scales of FP8 tensor ", name));
+    if (s->dtype != DType::kF32) return absl::FailedPreconditionError(absl::StrCat(s->file, ": tensor ", sname, ": expected F32"));
+    const Fp8Shape fs = fp8_shape(k);
+    if (fs.k_stored == k) {
+      up->Add(w_dst, t.data, t.nbytes);  // as stored: straight from the mapped file
+    } else {
+      std::vector<uint8_t> padded(static_cast<size_t>(n * fs.k_stored), 0);
+      for (int64_t r = 0; r < n; ++r) std::memcpy(padded.data() + r * fs.k_stored, t.data + r * k, k);
+      up->Add(w_dst, std::move(padded));
+    }
+    const int64_t nb = (n + 127) / 128, kb = (k + 127) / 128;
+    std::vector<float> scales(static_cast<size_t>(nb * fs.stride), 1.0f);
+    for (int64_t r = 0; r < nb; ++r) std::memcpy(scales.data() + r * fs.stride, s->data + r * kb * 4, kb * 4);
+    up->Add(s_dst, std::move(scales));
+    max_fp8_weight_ = std::max(max_fp8_weight_, n * k);
+    return absl::OkStatus();
+  };
+  // A bf16 [n, k] tensor on the device: straight from the file when stored as BF16.
+  auto put_bf16 = [&](const std::string& name, int64_t n, int64_t k, void* dst) -> absl::Status {
     R1_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(name, {n, k}));
-    out->n = n;
-    out->k = k;
-    if (t.dtype == DType::kF8E4M3) {
-      if (!c.fp8 || c.fp8->block_rows != 128 || c.fp8->block_cols != 128) {
-        return absl::FailedPreconditionError(absl::StrCat(t.file, ": tensor ", name, ": FP8 needs 128x128 block scales"));
-      }
-      const std::string sname = name.substr(0, name.size() - 7) + ".weight_scale_inv";
-      auto s = ckpt.Get(sname, {(n + 127) / 128, (k + 127) / 128});
-      if (!s.ok()) return Annotate(s.status(), absl::StrCat(t.file, ": scales of FP8 tensor ", name));
-      if (s->dtype != DType::kF32) return absl::FailedPreconditionError(absl::StrCat(s->file, ": tensor ", sname, ": expected F32"));
-      out->fp8 = true;
-      out->k_stored = cuda::Fp8PaddedK(k);
-      std::vector<uint8_t> padded(static_cast<size_t>(n * out->k_stored), 0);
-      for (int64_t r = 0; r < n; ++r) std::memcpy(padded.data() + r * out->k_stored, t.data + r * k, k);
-      R1_ASSIGN_OR_RETURN(out->w, Upload(padded.data(), padded.size()));
-      const int64_t nb = (n + 127) / 128, kb = (k + 127) / 128, stride = cuda::Fp8ScaleStride(out->k_stored);
-      out->scale_stride = stride;
-      std::vector<float> scales(static_cast<size_t>(nb * stride), 1.0f);
-      for (int64_t r = 0; r < nb; ++r) std::memcpy(scales.data() + r * stride, s->data + r * kb * 4, kb * 4);
-      R1_ASSIGN_OR_RETURN(out->scales, Upload(scales.data(), scales.size()));
-      count(out->w);
-      count(out->scales);
+    if (t.dtype == DType::kBF16) {
+      up->Add(dst, t.data, t.nbytes);
       return absl::OkStatus();
     }
-    out->k_stored = k;
     R1_ASSIGN_OR_RETURN(Matrix mat, LoadMatrix(ckpt, c, name, n, k));
-    const std::vector<uint16_t> b = ToBf16(mat.data);
-    R1_ASSIGN_OR_RETURN(out->w, Upload(b.data(), b.size()));
-    count(out->w);
+    up->Add(dst, ToBf16(mat.data));
     return absl::OkStatus();
+  };
+  // A linear weight exactly as stored when it is FP8 (codes and block scales), bf16 otherwise.
+  auto linear = [&](const std::string& name, int64_t n, int64_t k, GpuLinear* out, int gemm) -> absl::Status {
+    R1_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(name, {n, k}));
+    out->gemm = gemm;
+    out->n = n;
+    out->k = k;
+    out->fp8 = t.dtype == DType::kF8E4M3;
+    if (out->fp8) {
+      const Fp8Shape fs = fp8_shape(k);
+      out->k_stored = fs.k_stored;
+      out->scale_stride = fs.stride;
+      R1_ASSIGN_OR_RETURN(out->w, DeviceMemory::Allocate(static_cast<size_t>(n * fs.k_stored)));
+      R1_ASSIGN_OR_RETURN(out->scales, DeviceMemory::Allocate(static_cast<size_t>((n + 127) / 128 * fs.stride * 4)));
+      count(out->w);
+      count(out->scales);
+      return put_fp8(name, t, n, k, out->w.ptr, out->scales.ptr);
+    }
+    out->k_stored = k;
+    R1_ASSIGN_OR_RETURN(out->w, DeviceMemory::Allocate(static_cast<size_t>(n * k * 2)));
+    count(out->w);
+    return put_bf16(name, n, k, out->w.ptr);
   };
   auto vec = [&](const std::string& name, int64_t n, DeviceMemory* out) -> absl::Status {
     R1_ASSIGN_OR_RETURN(std::vector<float> v, LoadVector(ckpt, name, n));
-    R1_ASSIGN_OR_RETURN(*out, Upload(v.data(), v.size()));
-    count(*out);
+    return upload(std::move(v), out);
+  };
+  auto mlp = [&](const std::string& p, int64_t inter, Mlp* w, bool shared) -> absl::Status {
+    const int gate_up = shared ? kGemmSharedGateUp : kGemmMlpGateUp, down = shared ? kGemmSharedDown : kGemmMlpDown;
+    R1_RETURN_IF_ERROR(linear(p + "gate_proj.weight", inter, h, &w->gate, gate_up));
+    R1_RETURN_IF_ERROR(linear(p + "up_proj.weight", inter, h, &w->up, gate_up));
+    return linear(p + "down_proj.weight", h, inter, &w->down, down);
+  };
+  // Routed experts into one bank per projection, expert after expert, each written in place.
+  auto bank = [&](const std::string& p, const char* proj, int64_t n, int64_t k, ExpertBank* b) -> absl::Status {
+    const int64_t ne = c.n_routed_experts;
+    auto name = [&](int64_t e) { return absl::StrCat(p, "mlp.experts.", e, ".", proj, ".weight"); };
+    R1_ASSIGN_OR_RETURN(TensorView first, ckpt.Get(name(0), {n, k}));
+    b->n = n;
+    b->k = k;
+    b->fp8 = first.dtype == DType::kF8E4M3;
+    const Fp8Shape fs = fp8_shape(k);
+    b->w_stride = b->fp8 ? fs.k_stored : k;
+    b->scale_stride = b->fp8 ? fs.stride : 0;
+    const size_t wbytes = static_cast<size_t>(n * b->w_stride * (b->fp8 ? 1 : 2));
+    const size_t sbytes = b->fp8 ? static_cast<size_t>((n + 127) / 128 * fs.stride * 4) : 0;
+    R1_ASSIGN_OR_RETURN(b->w, DeviceMemory::Allocate(wbytes * ne));
+    count(b->w);
+    if (b->fp8) {
+      R1_ASSIGN_OR_RETURN(b->scales, DeviceMemory::Allocate(sbytes * ne));
+      count(b->scales);
+    }
+    for (int64_t e = 0; e < ne; ++e) {
+      R1_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(name(e), {n, k}));
+      if ((t.dtype == DType::kF8E4M3) != b->fp8) {
+        return absl::FailedPreconditionError(absl::StrCat(t.file, ": tensor ", name(e), ": dtype differs from expert 0"));
+      }
+      if (b->fp8) {
+        R1_RETURN_IF_ERROR(put_fp8(name(e), t, n, k, b->w.as<uint8_t>() + e * wbytes, b->scales.as<uint8_t>() + e * sbytes));
+      } else {
+        R1_RETURN_IF_ERROR(put_bf16(name(e), n, k, b->w.as<uint8_t>() + e * wbytes));
+      }
+    }
     return absl::OkStatus();
   };
-  auto mlp = [&](const std::string& p, int64_t inter, Mlp* w) -> absl::Status {
-    R1_RETURN_IF_ERROR(linear(p + "gate_proj.weight", inter, h, &w->gate));
-    R1_RETURN_IF_ERROR(linear(p + "up_proj.weight", inter, h, &w->up));
-    return linear(p + "down_proj.weight", h, inter, &w->down);
-  };
 
-  {
-    R1_ASSIGN_OR_RETURN(Matrix e, LoadMatrix(ckpt, c, "model.embed_tokens.weight", c.vocab_size, h));
-    const std::vector<uint16_t> b = ToBf16(e.data);
-    R1_ASSIGN_OR_RETURN(embed_, Upload(b.data(), b.size()));
-    count(embed_);
-  }
-  const std::vector<float> inv = RopeInverseFrequencies(c);
-  R1_ASSIGN_OR_RETURN(inv_freq_, Upload(inv.data(), inv.size()));
+  R1_ASSIGN_OR_RETURN(embed_, DeviceMemory::Allocate(static_cast<size_t>(c.vocab_size * h * 2)));
+  count(embed_);
+  R1_RETURN_IF_ERROR(put_bf16("model.embed_tokens.weight", c.vocab_size, h, embed_.ptr));
+  R1_RETURN_IF_ERROR(upload(RopeInverseFrequencies(c), &inv_freq_));
   layers_.resize(c.num_hidden_layers);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     Layer& L = layers_[i];
@@ -168,15 +414,15 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
       R1_RETURN_IF_ERROR(vec(p + "post_attention_layernorm.weight", h, &L.post_norm));
       const std::string a = p + "self_attn.";
       if (c.q_lora_rank) {
-        R1_RETURN_IF_ERROR(linear(a + "q_a_proj.weight", *c.q_lora_rank, h, &L.q_a));
+        R1_RETURN_IF_ERROR(linear(a + "q_a_proj.weight", *c.q_lora_rank, h, &L.q_a, kGemmQA));
         R1_RETURN_IF_ERROR(vec(a + "q_a_layernorm.weight", *c.q_lora_rank, &L.q_a_norm));
-        R1_RETURN_IF_ERROR(linear(a + "q_b_proj.weight", nh * qk, *c.q_lora_rank, &L.q_b));
+        R1_RETURN_IF_ERROR(linear(a + "q_b_proj.weight", nh * qk, *c.q_lora_rank, &L.q_b, kGemmQB));
       } else {
-        R1_RETURN_IF_ERROR(linear(a + "q_proj.weight", nh * qk, h, &L.q));
+        R1_RETURN_IF_ERROR(linear(a + "q_proj.weight", nh * qk, h, &L.q, kGemmQB));
       }
-      R1_RETURN_IF_ERROR(linear(a + "kv_a_proj_with_mqa.weight", c.kv_latent_dim(), h, &L.kv_a));
+      R1_RETURN_IF_ERROR(linear(a + "kv_a_proj_with_mqa.weight", c.kv_latent_dim(), h, &L.kv_a, kGemmKvA));
       R1_RETURN_IF_ERROR(vec(a + "kv_a_layernorm.weight", kvr, &L.kv_a_norm));
-      R1_RETURN_IF_ERROR(linear(a + "o_proj.weight", h, nh * vd, &L.o));
+      R1_RETURN_IF_ERROR(linear(a + "o_proj.weight", h, nh * vd, &L.o, kGemmO));
       // kv_b_proj split into its K half [NH, nope, kvr] and V half [NH, v, kvr] for absorption.
       R1_ASSIGN_OR_RETURN(Matrix kvb, LoadMatrix(ckpt, c, a + "kv_b_proj.weight", nh * (nope + vd), kvr));
       std::vector<float> uk(nh * nope * kvr), uv(nh * vd * kvr);
@@ -184,68 +430,30 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
         std::memcpy(uk.data() + hh * nope * kvr, kvb.row(hh * (nope + vd)), nope * kvr * sizeof(float));
         std::memcpy(uv.data() + hh * vd * kvr, kvb.row(hh * (nope + vd) + nope), vd * kvr * sizeof(float));
       }
-      R1_ASSIGN_OR_RETURN(L.w_uk, Upload(uk.data(), uk.size()));
-      R1_ASSIGN_OR_RETURN(L.w_uv, Upload(uv.data(), uv.size()));
-      count(L.w_uk);
-      count(L.w_uv);
+      R1_RETURN_IF_ERROR(upload(std::move(uk), &L.w_uk));
+      R1_RETURN_IF_ERROR(upload(std::move(uv), &L.w_uv));
       L.is_moe = c.is_moe_layer(i);
-      if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, &L.mlp);
+      if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, &L.mlp, false);
       R1_ASSIGN_OR_RETURN(Matrix router, LoadMatrix(ckpt, c, p + "mlp.gate.weight", c.n_routed_experts, h));
-      R1_ASSIGN_OR_RETURN(L.router, Upload(router.data.data(), router.data.size()));
-      count(L.router);
-      R1_ASSIGN_OR_RETURN(std::vector<float> bias, LoadVector(ckpt, p + "mlp.gate.e_score_correction_bias", c.n_routed_experts));
-      R1_ASSIGN_OR_RETURN(L.score_bias, Upload(bias.data(), bias.size()));
-      count(L.score_bias);
-      // Routed experts into three banks (gate, up, down), expert after expert.
-      auto bank = [&](const char* proj, int64_t n, int64_t k, ExpertBank* b) -> absl::Status {
-        const int64_t ne = c.n_routed_experts;
-        std::vector<GpuLinear> each(ne);
-        for (int64_t e = 0; e < ne; ++e) {
-          R1_RETURN_IF_ERROR(linear(absl::StrCat(p, "mlp.experts.", e, ".", proj, ".weight"), n, k, &each[e]));
-        }
-        b->n = n;
-        b->k = k;
-        b->fp8 = each[0].fp8;
-        b->w_stride = each[0].k_stored;
-        b->scale_stride = each[0].scale_stride;
-        const size_t wbytes = each[0].w.bytes, sbytes = each[0].scales.bytes;
-        R1_ASSIGN_OR_RETURN(b->w, DeviceMemory::Allocate(wbytes * ne));
-        if (b->fp8) {
-          R1_ASSIGN_OR_RETURN(b->scales, DeviceMemory::Allocate(sbytes * ne));
-        }
-        for (int64_t e = 0; e < ne; ++e) {
-          if (each[e].fp8 != b->fp8 || each[e].w.bytes != wbytes) {
-            return absl::FailedPreconditionError(absl::StrCat("expert ", e, " ", proj, ": dtype differs from expert 0"));
-          }
-          R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpy(b->w.as<uint8_t>() + e * wbytes, each[e].w.ptr, wbytes,
-                                                  cudaMemcpyDeviceToDevice), "expert bank"));
-          if (b->fp8) {
-            R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpy(b->scales.as<uint8_t>() + e * sbytes, each[e].scales.ptr, sbytes,
-                                                    cudaMemcpyDeviceToDevice), "expert scales"));
-          }
-          weight_bytes_ -= each[e].w.bytes + each[e].scales.bytes;  // counted again as the bank
-        }
-        count(b->w);
-        count(b->scales);
-        return absl::OkStatus();
-      };
-      R1_RETURN_IF_ERROR(bank("gate_proj", c.moe_intermediate_size, h, &L.gate));
-      R1_RETURN_IF_ERROR(bank("up_proj", c.moe_intermediate_size, h, &L.up));
-      R1_RETURN_IF_ERROR(bank("down_proj", h, c.moe_intermediate_size, &L.down));
+      R1_RETURN_IF_ERROR(upload(std::move(router.data), &L.router));
+      R1_RETURN_IF_ERROR(vec(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts, &L.score_bias));
+      R1_RETURN_IF_ERROR(bank(p, "gate_proj", c.moe_intermediate_size, h, &L.gate));
+      R1_RETURN_IF_ERROR(bank(p, "up_proj", c.moe_intermediate_size, h, &L.up));
+      R1_RETURN_IF_ERROR(bank(p, "down_proj", h, c.moe_intermediate_size, &L.down));
       L.has_shared = c.n_shared_experts > 0;
-      if (L.has_shared) R1_RETURN_IF_ERROR(mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, &L.shared));
+      if (L.has_shared) R1_RETURN_IF_ERROR(mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, &L.shared, true));
       return absl::OkStatus();
     }();
     if (!st.ok()) return Annotate(st, absl::StrCat("loading layer ", i, " to the GPU"));
   }
   R1_RETURN_IF_ERROR(vec("model.norm.weight", h, &final_norm_));
-  R1_ASSIGN_OR_RETURN(Matrix lm, LoadMatrix(ckpt, c, "lm_head.weight", c.vocab_size, h));
   lm_head_.n = c.vocab_size;
   lm_head_.k = h;
   lm_head_.k_stored = h;
-  const std::vector<uint16_t> lb = ToBf16(lm.data);
-  R1_ASSIGN_OR_RETURN(lm_head_.w, Upload(lb.data(), lb.size()));
+  R1_ASSIGN_OR_RETURN(lm_head_.w, DeviceMemory::Allocate(static_cast<size_t>(c.vocab_size * h * 2)));
   count(lm_head_.w);
+  R1_RETURN_IF_ERROR(put_bf16("lm_head.weight", c.vocab_size, h, lm_head_.w.ptr));
+  R1_RETURN_IF_ERROR(Annotate(up->Finish(), "loading the weights to the GPU"));
   R1_LOG(INFO) << "model on the GPU: " << weight_bytes_ / 1e6 << " MB of device weights";
   return absl::OkStatus();
 }
@@ -259,6 +467,7 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   const int64_t ne = std::max<int64_t>(c.n_routed_experts, 1), k = std::max<int64_t>(c.num_experts_per_tok, 1);
   const int64_t inter = std::max(c.intermediate_size, c.moe_intermediate_size * std::max<int64_t>(c.n_shared_experts, 1));
   const int64_t entries = t * k, entries_p = cuda::Fp8PaddedRows(entries);
+  const int64_t e = options_.activations == GpuActivations::kFloat32 ? 4 : 2;  // bytes per activation
   // The activation quantiser's widest input: every linear layer's k, padded.
   int64_t kmax = cuda::Fp8PaddedK(std::max({hd, qa, nh * vd, inter}));
   auto a = [&](DeviceMemory* m, int64_t bytes) -> absl::Status {
@@ -270,19 +479,19 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   R1_RETURN_IF_ERROR(a(&ws_.ctx, t * 4));
   R1_RETURN_IF_ERROR(a(&ws_.x, t * hd * 4));
   R1_RETURN_IF_ERROR(a(&ws_.hf, t * hd * 4));
-  R1_RETURN_IF_ERROR(a(&ws_.hb, tp * hd * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.emb, t * hd * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.qa, tp * qa * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.q, tp * nh * qk * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.kv, tp * lat * 2));
+  R1_RETURN_IF_ERROR(a(&ws_.hb, tp * hd * e));
+  R1_RETURN_IF_ERROR(a(&ws_.emb, t * hd * e));
+  R1_RETURN_IF_ERROR(a(&ws_.qa, tp * qa * e));
+  R1_RETURN_IF_ERROR(a(&ws_.q, tp * nh * qk * e));
+  R1_RETURN_IF_ERROR(a(&ws_.kv, tp * lat * e));
   R1_RETURN_IF_ERROR(a(&ws_.q_lat, t * nh * kvr * 4));
   R1_RETURN_IF_ERROR(a(&ws_.q_pe, t * nh * c.qk_rope_head_dim * 4));
   R1_RETURN_IF_ERROR(a(&ws_.o_lat, t * nh * kvr * 4));
-  R1_RETURN_IF_ERROR(a(&ws_.attn, tp * nh * vd * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.o, tp * hd * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.g, tp * inter * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.u, tp * inter * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.d, tp * hd * 2));
+  R1_RETURN_IF_ERROR(a(&ws_.attn, tp * nh * vd * e));
+  R1_RETURN_IF_ERROR(a(&ws_.o, tp * hd * e));
+  R1_RETURN_IF_ERROR(a(&ws_.g, tp * inter * e));
+  R1_RETURN_IF_ERROR(a(&ws_.u, tp * inter * e));
+  R1_RETURN_IF_ERROR(a(&ws_.d, tp * hd * e));
   R1_RETURN_IF_ERROR(a(&ws_.router_logits, t * ne * 4));
   R1_RETURN_IF_ERROR(a(&ws_.expert_ids, entries * 4));
   R1_RETURN_IF_ERROR(a(&ws_.expert_w, entries * 4));
@@ -291,15 +500,23 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   R1_RETURN_IF_ERROR(a(&ws_.perm_w, entries * 4));
   R1_RETURN_IF_ERROR(a(&ws_.slot, entries * 4));
   R1_RETURN_IF_ERROR(a(&ws_.perm_ws, cuda::MoePermuteWorkspaceInts(t, k, ne) * 4));
-  R1_RETURN_IF_ERROR(a(&ws_.xe, entries_p * hd * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.eg, entries_p * std::max<int64_t>(c.moe_intermediate_size, 1) * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.eu, entries_p * std::max<int64_t>(c.moe_intermediate_size, 1) * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.ey, entries_p * hd * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.logits, tp * c.vocab_size * 2));
-  R1_RETURN_IF_ERROR(a(&ws_.quant_q, tp * kmax));
-  R1_RETURN_IF_ERROR(a(&ws_.quant_scales, tp * (kmax / 128) * 4));
+  R1_RETURN_IF_ERROR(a(&ws_.xe, entries_p * hd * e));
+  R1_RETURN_IF_ERROR(a(&ws_.eg, entries_p * std::max<int64_t>(c.moe_intermediate_size, 1) * e));
+  R1_RETURN_IF_ERROR(a(&ws_.eu, entries_p * std::max<int64_t>(c.moe_intermediate_size, 1) * e));
+  R1_RETURN_IF_ERROR(a(&ws_.ey, entries_p * hd * e));
+  R1_RETURN_IF_ERROR(a(&ws_.logits, tp * c.vocab_size * 4));
+  if (options_.activations == GpuActivations::kFp8) {
+    R1_RETURN_IF_ERROR(a(&ws_.quant_q, tp * kmax));
+    R1_RETURN_IF_ERROR(a(&ws_.quant_scales, tp * (kmax / 128) * 4));
+  }
+  const bool some_bf16 = options_.activations == GpuActivations::kBf16 ||
+                         (options_.activations == GpuActivations::kFp8 && options_.fp8_gemms != kAllFp8Gemms);
+  if (some_bf16) R1_RETURN_IF_ERROR(a(&ws_.w_scratch, max_fp8_weight_ * 2));
+  R1_RETURN_IF_ERROR(a(&ws_.sampling, t * static_cast<int64_t>(sizeof(cuda::SamplingRow))));
+  R1_RETURN_IF_ERROR(a(&ws_.sampled, t * 4));
   size_t total = 0;
-  for (const DeviceMemory* m : {&ws_.x, &ws_.q, &ws_.q_lat, &ws_.o_lat, &ws_.logits, &ws_.xe, &ws_.ey, &ws_.g, &ws_.u}) {
+  for (const DeviceMemory* m : {&ws_.x, &ws_.q, &ws_.q_lat, &ws_.o_lat, &ws_.logits, &ws_.xe, &ws_.ey, &ws_.g, &ws_.u,
+                                &ws_.w_scratch}) {
     total += m->bytes;
   }
   R1_LOG(INFO) << "GPU workspace for " << t << "-token steps: about " << total / 1e6 << " MB";
@@ -308,65 +525,128 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
 
 absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y) {
   if (!w.fp8) return gemm_->Bf16({x, w.w.as<__nv_bfloat16>(), y, m, w.n, w.k}, stream_);
+  const bool quantise = options_.activations == GpuActivations::kFp8 && (w.gemm < 0 || (options_.fp8_gemms >> w.gemm & 1));
+  if (!quantise) {
+    auto* scratch = ws_.w_scratch.as<__nv_bfloat16>();
+    R1_RETURN_IF_ERROR(cuda::DequantizeFp8ToBf16({w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), scratch, w.n, w.k,
+                                                  w.k_stored, w.scale_stride}, stream_));
+    return gemm_->Bf16({x, scratch, y, m, w.n, w.k}, stream_);
+  }
   auto* q = ws_.quant_q.as<__nv_fp8_e4m3>();
   auto* s = ws_.quant_scales.as<float>();
   R1_RETURN_IF_ERROR(cuda::QuantizeFp8PerToken128({x, q, s, m, w.k, w.k_stored}, stream_));
   return gemm_->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, stream_);
 }
 
-absl::Status GpuDeepseekV3Model::RunMlp(const Mlp& w, const __nv_bfloat16* h, int64_t m, float* x) {
-  const int64_t inter = w.gate.n, hd = config_.hidden_size;
-  auto* gp = ws_.g.as<__nv_bfloat16>();
-  auto* up = ws_.u.as<__nv_bfloat16>();
-  auto* dp = ws_.d.as<__nv_bfloat16>();
-  R1_RETURN_IF_ERROR(Linear(h, m, w.gate, gp));
-  R1_RETURN_IF_ERROR(Linear(h, m, w.up, up));
-  R1_RETURN_IF_ERROR(cuda::Swiglu({gp, up, gp, m, inter, inter, inter, inter}, stream_));
-  R1_RETURN_IF_ERROR(Linear(gp, m, w.down, dp));
-  return cuda::AddBf16(x, dp, m * hd, 1.0f, stream_);
+absl::Status GpuDeepseekV3Model::Linear(const float* x, int64_t m, const GpuLinear& w, float* y) {
+  cuda::DequantLinearParams p;
+  p.x = x;
+  p.y = y;
+  p.m = m;
+  p.n = w.n;
+  p.k = w.k;
+  p.w_stride = w.k_stored;
+  if (w.fp8) {
+    p.w = w.w.as<__nv_fp8_e4m3>();
+    p.scales = w.scales.as<float>();
+    p.scale_stride = w.scale_stride;
+  } else {
+    p.w_bf16 = w.w.as<__nv_bfloat16>();
+  }
+  return cuda::DequantLinearF32(p, stream_);
 }
 
+absl::Status GpuDeepseekV3Model::Logits(const __nv_bfloat16* h, int64_t m) {
+  cuda::Bf16GemmParams p;
+  p.x = h;
+  p.w = lm_head_.w.as<__nv_bfloat16>();
+  p.y_f32 = ws_.logits.as<float>();
+  p.m = m;
+  p.n = lm_head_.n;
+  p.k = lm_head_.k;
+  return gemm_->Bf16(p, stream_);
+}
+
+absl::Status GpuDeepseekV3Model::Logits(const float* h, int64_t m) {
+  return Linear(h, m, lm_head_, ws_.logits.as<float>());
+}
+
+namespace {
+absl::Status AddToResidual(float* x, const __nv_bfloat16* d, int64_t n, cudaStream_t s) {
+  return cuda::AddBf16(x, d, n, 1.0f, s);
+}
+absl::Status AddToResidual(float* x, const float* d, int64_t n, cudaStream_t s) { return cuda::AddF32(x, d, n, 1.0f, s); }
+}  // namespace
+
+template <typename T>
+absl::Status GpuDeepseekV3Model::RunMlp(const Mlp& w, const T* h, int64_t m, float* x) {
+  const int64_t inter = w.gate.n, hd = config_.hidden_size;
+  auto* gp = ws_.g.as<T>();
+  auto* up = ws_.u.as<T>();
+  auto* dp = ws_.d.as<T>();
+  R1_RETURN_IF_ERROR(Linear(h, m, w.gate, gp));
+  R1_RETURN_IF_ERROR(Linear(h, m, w.up, up));
+  R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{gp, up, gp, m, inter, inter, inter, inter}, stream_));
+  R1_RETURN_IF_ERROR(Linear(gp, m, w.down, dp));
+  return AddToResidual(x, dp, m * hd, stream_);
+}
+
+template <typename T>
 absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride) {
+  constexpr bool kF32 = std::is_same_v<T, float>;
   const ModelConfig& c = config_;
   const int64_t hd = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
   const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
   const int64_t kvr = c.kv_lora_rank, lat = c.kv_latent_dim();
   const float eps = static_cast<float>(c.rms_norm_eps), factor = static_cast<float>(c.rope_attention_factor());
   auto* xf = ws_.x.as<float>();
-  auto* hb = ws_.hb.as<__nv_bfloat16>();
+  auto* hb = ws_.hb.as<T>();
   auto* pos = ws_.pos.as<int64_t>();
   auto* tables = ws_.tables.as<int32_t>();
+  // The normed residual: in T for the products, and in float32 for the router (hb itself when T
+  // is float32).
+  auto norm = [&](const DeviceMemory& weight, float* router_in) -> absl::Status {
+    if constexpr (kF32) {
+      return cuda::RmsNormF32(xf, weight.as<float>(), nullptr, t, hd, eps, stream_, hb);
+    } else {
+      return cuda::RmsNormF32(xf, weight.as<float>(), hb, t, hd, eps, stream_, router_in);
+    }
+  };
   R1_RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(xf, 0, t * hd * 4, stream_), "clear"));
-  R1_RETURN_IF_ERROR(cuda::Embedding({embed_.as<__nv_bfloat16>(), ws_.ids.as<int32_t>(), ws_.emb.as<__nv_bfloat16>(), t,
-                                      hd, c.vocab_size, 0}, stream_));
-  R1_RETURN_IF_ERROR(cuda::AddBf16(xf, ws_.emb.as<__nv_bfloat16>(), t * hd, 1.0f, stream_));
+  R1_RETURN_IF_ERROR(cuda::Embedding(cuda::EmbeddingParamsT<T>{embed_.as<__nv_bfloat16>(), ws_.ids.as<int32_t>(),
+                                                               ws_.emb.as<T>(), t, hd, c.vocab_size, 0}, stream_));
+  R1_RETURN_IF_ERROR(AddToResidual(xf, ws_.emb.as<T>(), t * hd, stream_));
 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     Layer& L = layers_[l];
     // Attention (MLA, absorbed).
-    R1_RETURN_IF_ERROR(cuda::RmsNormF32(xf, L.input_norm.as<float>(), hb, t, hd, eps, stream_));
-    auto* qb = ws_.q.as<__nv_bfloat16>();
+    R1_RETURN_IF_ERROR(norm(L.input_norm, nullptr));
+    auto* qb = ws_.q.as<T>();
     if (c.q_lora_rank) {
       const int64_t qa_dim = *c.q_lora_rank;
-      auto* qab = ws_.qa.as<__nv_bfloat16>();
+      auto* qab = ws_.qa.as<T>();
       R1_RETURN_IF_ERROR(Linear(hb, t, L.q_a, qab));
-      R1_RETURN_IF_ERROR(cuda::RmsNorm({qab, L.q_a_norm.as<float>(), qab, t, qa_dim, qa_dim, qa_dim, eps}, stream_));
+      R1_RETURN_IF_ERROR(cuda::RmsNorm(cuda::RmsNormParamsT<T>{qab, L.q_a_norm.as<float>(), qab, t, qa_dim, qa_dim, qa_dim,
+                                                               eps}, stream_));
       R1_RETURN_IF_ERROR(Linear(qab, t, L.q_b, qb));
     } else {
       R1_RETURN_IF_ERROR(Linear(hb, t, L.q, qb));
     }
-    R1_RETURN_IF_ERROR(cuda::Rope({qb + nope, t * nh, nh, rope, qk, pos, inv_freq_.as<float>(), factor, c.rope_interleave},
-                                  stream_));
-    auto* kvb = ws_.kv.as<__nv_bfloat16>();
+    R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{qb + nope, t * nh, nh, rope, qk, pos, inv_freq_.as<float>(),
+                                                       factor, c.rope_interleave}, stream_));
+    auto* kvb = ws_.kv.as<T>();
     R1_RETURN_IF_ERROR(Linear(hb, t, L.kv_a, kvb));
-    R1_RETURN_IF_ERROR(cuda::RmsNorm({kvb, L.kv_a_norm.as<float>(), kvb, t, kvr, lat, lat, eps}, stream_));
-    R1_RETURN_IF_ERROR(cuda::Rope({kvb + kvr, t, 1, rope, lat, pos, inv_freq_.as<float>(), factor, c.rope_interleave},
-                                  stream_));
+    R1_RETURN_IF_ERROR(cuda::RmsNorm(cuda::RmsNormParamsT<T>{kvb, L.kv_a_norm.as<float>(), kvb, t, kvr, lat, lat, eps},
+                                     stream_));
+    R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{kvb + kvr, t, 1, rope, lat, pos, inv_freq_.as<float>(), factor,
+                                                       c.rope_interleave}, stream_));
     auto* layer_cache = cache.data.as<__nv_bfloat16>() + l * cache.layer_stride();
-    R1_RETURN_IF_ERROR(cuda::ScatterLatent({kvb, layer_cache, tables, pos, t, lat, cache.block_size, table_stride,
-                                            cache.block_stride()}, stream_));
-    R1_RETURN_IF_ERROR(cuda::AbsorbQuery({qb, L.w_uk.as<float>(), ws_.q_lat.as<float>(), ws_.q_pe.as<float>(), t, nh,
-                                          nope, rope, kvr}, stream_));
+    R1_RETURN_IF_ERROR(cuda::ScatterLatent(cuda::ScatterLatentParamsT<T>{kvb, layer_cache, tables, pos, t, lat,
+                                                                         cache.block_size, table_stride,
+                                                                         cache.block_stride()}, stream_));
+    R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, L.w_uk.as<float>(), ws_.q_lat.as<float>(),
+                                                                     ws_.q_pe.as<float>(), t, nh, nope, rope, kvr},
+                                         stream_));
     cuda::MlaDecodeParams mp;
     mp.q_lat = ws_.q_lat.as<float>();
     mp.q_pe = ws_.q_pe.as<float>();
@@ -383,20 +663,22 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     mp.max_blocks = table_stride;
     mp.softmax_scale = static_cast<float>(c.softmax_scale());
     R1_RETURN_IF_ERROR(cuda::MlaDecode(mp, stream_));
-    auto* attn = ws_.attn.as<__nv_bfloat16>();
-    R1_RETURN_IF_ERROR(cuda::ApplyValue({ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn, t, nh, vd, kvr}, stream_));
-    R1_RETURN_IF_ERROR(Linear(attn, t, L.o, ws_.o.as<__nv_bfloat16>()));
-    R1_RETURN_IF_ERROR(cuda::AddBf16(xf, ws_.o.as<__nv_bfloat16>(), t * hd, 1.0f, stream_));
+    auto* attn = ws_.attn.as<T>();
+    R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn, t,
+                                                                   nh, vd, kvr}, stream_));
+    R1_RETURN_IF_ERROR(Linear(attn, t, L.o, ws_.o.as<T>()));
+    R1_RETURN_IF_ERROR(AddToResidual(xf, ws_.o.as<T>(), t * hd, stream_));
 
     // MLP, or MoE: router → permutation → all experts in one grouped launch → ordered combine.
-    R1_RETURN_IF_ERROR(cuda::RmsNormF32(xf, L.post_norm.as<float>(), hb, t, hd, eps, stream_, ws_.hf.as<float>()));
+    float* router_in = kF32 ? reinterpret_cast<float*>(hb) : ws_.hf.as<float>();
+    R1_RETURN_IF_ERROR(norm(L.post_norm, router_in));
     if (!L.is_moe) {
       R1_RETURN_IF_ERROR(RunMlp(L.mlp, hb, t, xf));
       continue;
     }
     const int64_t ne = c.n_routed_experts, k = c.num_experts_per_tok, inter = c.moe_intermediate_size;
-    R1_RETURN_IF_ERROR(cuda::LinearF32(ws_.hf.as<float>(), L.router.as<float>(), ws_.router_logits.as<float>(), t, ne,
-                                       hd, stream_));
+    R1_RETURN_IF_ERROR(cuda::LinearF32(router_in, L.router.as<float>(), ws_.router_logits.as<float>(), t, ne, hd,
+                                       stream_));
     cuda::RouterParams rp;
     rp.logits = ws_.router_logits.as<float>();
     rp.score_bias = L.score_bias.as<float>();
@@ -424,13 +706,13 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     pp.workspace = ws_.perm_ws.as<int32_t>();
     R1_RETURN_IF_ERROR(cuda::MoePermute(pp, stream_));
     const int64_t entries = t * k;  // every choice is local on one GPU
-    auto* xe = ws_.xe.as<__nv_bfloat16>();
-    auto* eg = ws_.eg.as<__nv_bfloat16>();
-    auto* eu = ws_.eu.as<__nv_bfloat16>();
-    auto* ey = ws_.ey.as<__nv_bfloat16>();
+    auto* xe = ws_.xe.as<T>();
+    auto* eg = ws_.eg.as<T>();
+    auto* eu = ws_.eu.as<T>();
+    auto* ey = ws_.ey.as<T>();
     R1_RETURN_IF_ERROR(cuda::GatherRows(hb, ws_.perm_tokens.as<int32_t>(), xe, entries, hd, stream_));
-    auto gemv = [&](const ExpertBank& b, const __nv_bfloat16* in, __nv_bfloat16* out) {
-      cuda::GroupedFp8GemvParams gp;
+    auto gemv = [&](const ExpertBank& b, const T* in, T* out) {
+      cuda::GroupedFp8GemvParamsT<T> gp;
       gp.x = in;
       gp.offsets = ws_.offsets.as<int32_t>();
       if (b.fp8) {
@@ -449,19 +731,19 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     };
     R1_RETURN_IF_ERROR(gemv(L.gate, xe, eg));
     R1_RETURN_IF_ERROR(gemv(L.up, xe, eu));
-    R1_RETURN_IF_ERROR(cuda::Swiglu({eg, eu, eg, entries, inter, inter, inter, inter}, stream_));
+    R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{eg, eu, eg, entries, inter, inter, inter, inter}, stream_));
     R1_RETURN_IF_ERROR(gemv(L.down, eg, ey));
-    R1_RETURN_IF_ERROR(cuda::MoeCombine({ey, ws_.slot.as<int32_t>(), ws_.expert_w.as<float>(), xf, t, k, hd}, stream_));
+    R1_RETURN_IF_ERROR(cuda::MoeCombine(cuda::MoeCombineParamsT<T>{ey, ws_.slot.as<int32_t>(), ws_.expert_w.as<float>(),
+                                                                   xf, t, k, hd}, stream_));
     if (L.has_shared) R1_RETURN_IF_ERROR(RunMlp(L.shared, hb, t, xf));
   }
 
   // Final norm and lm_head on every row (rows that need no logits are dropped on the host).
-  R1_RETURN_IF_ERROR(cuda::RmsNormF32(xf, final_norm_.as<float>(), hb, t, hd, eps, stream_));
-  return Linear(hb, t, lm_head_, ws_.logits.as<__nv_bfloat16>());
+  R1_RETURN_IF_ERROR(norm(final_norm_, nullptr));
+  return Logits(hb, t);
 }
 
-absl::StatusOr<std::vector<std::vector<float>>> GpuDeepseekV3Model::Forward(const std::vector<SequenceStep>& batch,
-                                                                            GpuKvCache& cache) {
+absl::StatusOr<int64_t> GpuDeepseekV3Model::Launch(const std::vector<SequenceStep>& batch, GpuKvCache& cache) {
   const ModelConfig& c = config_;
   if (cache.layers != c.num_hidden_layers || cache.latent != c.kv_latent_dim()) {
     return absl::InvalidArgumentError("gpu kv cache does not fit the model");
@@ -492,6 +774,7 @@ absl::StatusOr<std::vector<std::vector<float>>> GpuDeepseekV3Model::Forward(cons
     }
   }
   const int64_t t = static_cast<int64_t>(ids.size());
+  if (t == 0) return absl::InvalidArgumentError("empty batch");
   if (t > options_.max_step_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("a step of ", t, " tokens exceeds the GPU step limit of ",
                                                    options_.max_step_tokens, " (max_step_tokens)"));
@@ -508,17 +791,19 @@ absl::StatusOr<std::vector<std::vector<float>>> GpuDeepseekV3Model::Forward(cons
   R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(ws_.ctx.ptr, ctx.data(), t * 4, cudaMemcpyHostToDevice, stream_), "ctx"));
   R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(ws_.tables.ptr, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice,
                                                stream_), "tables"));
+  const bool f32 = options_.activations == GpuActivations::kFloat32;
+  auto run = [&] { return f32 ? RunStep<float>(t, cache, stride) : RunStep<__nv_bfloat16>(t, cache, stride); };
   if (decode_only && options_.cuda_graphs) {
     const GraphKey key{t, cache.data.ptr, stride};
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       R1_RETURN_IF_ERROR(CudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "begin capture"));
-      absl::Status run = RunStep(t, cache, stride);
+      absl::Status st = run();
       cudaGraph_t graph = nullptr;
       const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-      if (!run.ok()) {
+      if (!st.ok()) {
         if (graph) cudaGraphDestroy(graph);
-        return Annotate(run, "capturing the decode graph");
+        return Annotate(st, "capturing the decode graph");
       }
       R1_RETURN_IF_ERROR(CudaCheck(end, "end capture"));
       cudaGraphExec_t exec = nullptr;
@@ -530,10 +815,17 @@ absl::StatusOr<std::vector<std::vector<float>>> GpuDeepseekV3Model::Forward(cons
     R1_RETURN_IF_ERROR(CudaCheck(cudaGraphLaunch(it->second, stream_), "graph launch"));
     ++graph_replays_;
   } else {
-    R1_RETURN_IF_ERROR(RunStep(t, cache, stride));
+    R1_RETURN_IF_ERROR(run());
   }
-  std::vector<uint16_t> host(t * c.vocab_size);
-  R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(host.data(), ws_.logits.ptr, host.size() * 2, cudaMemcpyDeviceToHost,
+  return t;
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> GpuDeepseekV3Model::Forward(const std::vector<SequenceStep>& batch,
+                                                                            GpuKvCache& cache) {
+  const ModelConfig& c = config_;
+  R1_ASSIGN_OR_RETURN(const int64_t t, Launch(batch, cache));
+  std::vector<float> host(t * c.vocab_size);
+  R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(host.data(), ws_.logits.ptr, host.size() * 4, cudaMemcpyDeviceToHost,
                                                stream_), "logits"));
   R1_RETURN_IF_ERROR(CudaCheck(cudaStreamSynchronize(stream_), "step"));
   std::vector<std::vector<float>> out(batch.size());
@@ -541,10 +833,42 @@ absl::StatusOr<std::vector<std::vector<float>>> GpuDeepseekV3Model::Forward(cons
   for (size_t s = 0; s < batch.size(); ++s) {
     const int64_t n = static_cast<int64_t>(batch[s].tokens.size());
     const int64_t first = batch[s].all_logits ? row : row + n - 1, rows = batch[s].all_logits ? n : 1;
-    out[s].resize(rows * c.vocab_size);
-    for (int64_t i = 0; i < rows * c.vocab_size; ++i) out[s][i] = Bf16ToFloat(host[first * c.vocab_size + i]);
+    out[s].assign(host.begin() + first * c.vocab_size, host.begin() + (first + rows) * c.vocab_size);
     row += n;
   }
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> GpuDeepseekV3Model::ForwardSample(const std::vector<SequenceStep>& batch,
+                                                                       GpuKvCache& cache,
+                                                                       const std::vector<cuda::SamplingRow>& sampling) {
+  const int64_t vocab = config_.vocab_size;
+  if (sampling.size() != batch.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling settings for ", sampling.size(), " sequences, batch of ",
+                                                   batch.size()));
+  }
+  R1_ASSIGN_OR_RETURN(const int64_t t, Launch(batch, cache));
+  (void)t;
+  auto* rows = ws_.sampling.as<cuda::SamplingRow>();
+  auto* ids = ws_.sampled.as<int32_t>();
+  R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(rows, sampling.data(), sampling.size() * sizeof(cuda::SamplingRow),
+                                               cudaMemcpyHostToDevice, stream_), "sampling settings"));
+  const float* logits = ws_.logits.as<float>();
+  bool decode_only = true;
+  for (const SequenceStep& s : batch) decode_only &= s.tokens.size() == 1;
+  if (decode_only) {  // one row per sequence, back to back: one launch
+    R1_RETURN_IF_ERROR(cuda::Sample({logits, rows, ids, static_cast<int64_t>(batch.size()), vocab, vocab}, stream_));
+  } else {
+    int64_t row = 0;
+    for (size_t s = 0; s < batch.size(); ++s) {
+      row += static_cast<int64_t>(batch[s].tokens.size());
+      R1_RETURN_IF_ERROR(cuda::Sample({logits + (row - 1) * vocab, rows + s, ids + s, 1, vocab, vocab}, stream_));
+    }
+  }
+  std::vector<int32_t> out(batch.size());
+  R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(out.data(), ids, out.size() * 4, cudaMemcpyDeviceToHost, stream_),
+                               "sampled tokens"));
+  R1_RETURN_IF_ERROR(CudaCheck(cudaStreamSynchronize(stream_), "step"));
   return out;
 }
 

@@ -1,12 +1,18 @@
 // DeepseekV3ForCausalLM on one GPU: the same batch interface as the CPU reference
-// (SequenceStep, block tables), FP8 weights kept FP8 in device memory and multiplied with
-// cuBLASLt's block-scaled GEMM, bf16 activations, a float32 residual stream, the latent cache in
-// bf16 on the device, MLA in the absorbed form for prefill and decode alike.
+// (SequenceStep, block tables), FP8 weights kept FP8 in device memory, a float32 residual stream,
+// the latent cache in bf16 on the device, MLA in the absorbed form for prefill and decode alike.
+//
+// Activation numerics are an option (GpuActivations, docs/design.md "GPU" has the measurements):
+// float32 activations with the weights dequantised per tile (the default: the only mode within
+// the golden bound), bf16 activations with the FP8 weights dequantised per GEMM, or DeepSeek's
+// own FP8 per-token activation quantisation through cuBLASLt's block-scaled GEMM (the fast path
+// the benchmarks use). Logits are float32 in every mode.
 //
 // A step runs entirely on the device with no host round trip inside it: the router, the token
 // permutation and the routed experts (one grouped launch over all experts) stay on the GPU, and
 // all buffers come from a workspace sized at load for `max_step_tokens`. Decode-only steps (one
 // new token per sequence) are captured once per (batch size, cache) as a CUDA graph and replayed.
+// ForwardSample also samples the next tokens on the device (kernels/cuda/sampling.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,8 +27,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/config.h"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/sampling.h"
 #include "worker/model/deepseek_v3.h"
 
 namespace r1 {
@@ -49,6 +57,7 @@ struct GpuLinear {
   DeviceMemory w;        // [n, k_stored] e4m3 or [n, k] bf16
   DeviceMemory scales;   // [ceil(n/128), Fp8ScaleStride(k)] float32 (FP8 only)
   bool fp8 = false;
+  int gemm = -1;         // its GpuGemm, -1 for lm_head
 };
 
 // The latent cache on the device: bf16 [layers][blocks][block_size][latent].
@@ -60,9 +69,51 @@ struct GpuKvCache {
   static absl::StatusOr<GpuKvCache> Create(const ModelConfig& c, int64_t blocks, int64_t block_size);
 };
 
+// How activations meet the weights in every linear layer (routed experts included). The weights
+// stay as stored in device memory in all three; the residual stream, router input, attention
+// scores and logits are float32 in all three.
+enum class GpuActivations {
+  // float32 activations; each FP8 (or bf16) weight tile is dequantised in shared memory and
+  // multiplied in float32 (cuda::DequantLinearF32, CUDA cores). Within the golden bound on every
+  // golden model: the reference-precision mode, and the default.
+  kFloat32,
+  // bf16 activations; FP8 weights dequantised into a per-GEMM bf16 scratch, then cuBLASLt's bf16
+  // GEMM (tensor cores). Within the golden L2 bound; near-tied router choices can flip.
+  kBf16,
+  // DeepSeek's inference numerics: bf16 activations quantised per token in 1x128 groups to FP8,
+  // cuBLASLt's block-scaled FP8 GEMM; routed experts in bf16 (grouped GEMV). The fast path
+  // (bench/), outside the golden bound on the tiny golden models (see docs/design.md).
+  kFp8,
+};
+// The dense linear layers, for GpuModelOptions::fp8_gemms (bit i = 1 << GpuGemm value).
+enum GpuGemm : int {
+  kGemmQA = 0,         // q_a_proj
+  kGemmQB = 1,         // q_b_proj (or q_proj without q_lora_rank)
+  kGemmKvA = 2,        // kv_a_proj_with_mqa
+  kGemmO = 3,          // o_proj
+  kGemmMlpGateUp = 4,  // dense MLP gate_proj and up_proj
+  kGemmMlpDown = 5,    // dense MLP down_proj
+  kGemmSharedGateUp = 6,
+  kGemmSharedDown = 7,
+  kGemmCount = 8,
+};
+constexpr uint32_t kAllFp8Gemms = (1u << kGemmCount) - 1;
+
+// "f32", "bf16", "fp8".
+absl::StatusOr<GpuActivations> ParseGpuActivations(absl::string_view name);
+const char* GpuActivationsName(GpuActivations a);
+
 struct GpuModelOptions {
   int64_t max_step_tokens = 2048;  // tokens of one Forward call (workspace size)
   bool cuda_graphs = true;         // capture and replay decode steps
+  GpuActivations activations = GpuActivations::kFloat32;
+  // kFp8 only: the layers that quantise their input (bits of GpuGemm); the others take the kBf16
+  // path. All by default; single bits measure each layer's share of the error (bench_gpu_numerics).
+  uint32_t fp8_gemms = kAllFp8Gemms;
+  // Loading: reader threads, each copying checkpoint pieces of `load_piece_bytes` into its own
+  // pinned buffers and on to the device, so several disk reads and copies are in flight at once.
+  int load_threads = 8;
+  size_t load_piece_bytes = size_t{16} << 20;
 };
 
 class GpuDeepseekV3Model {
@@ -72,7 +123,13 @@ class GpuDeepseekV3Model {
   ~GpuDeepseekV3Model();
   // As DeepseekV3Model::Forward: logits (float32, host) per sequence.
   absl::StatusOr<std::vector<std::vector<float>>> Forward(const std::vector<SequenceStep>& batch, GpuKvCache& cache);
+  // As Forward, then the next token of each sequence is sampled on the device from the logits of
+  // its last new token (cuda::Sample with sampling[s]: greedy, temperature, top-k, top-p, seeded
+  // by (seed, step)); only the token ids come back to the host.
+  absl::StatusOr<std::vector<int32_t>> ForwardSample(const std::vector<SequenceStep>& batch, GpuKvCache& cache,
+                                                     const std::vector<cuda::SamplingRow>& sampling);
   const ModelConfig& config() const { return config_; }
+  const GpuModelOptions& options() const { return options_; }
   size_t device_weight_bytes() const { return weight_bytes_; }
   // Decode steps replayed from a captured graph so far (for tests and logs).
   int64_t graph_replays() const { return graph_replays_; }
@@ -98,15 +155,25 @@ class GpuDeepseekV3Model {
     bool has_shared = false;
     Mlp shared;
   };
+  class Uploader;
   GpuDeepseekV3Model() = default;
   absl::Status LoadWeights(const Checkpoint& ckpt);
   absl::Status AllocateWorkspace();
+  // Uploads the step's inputs and runs (or replays) the step; returns the token rows.
+  absl::StatusOr<int64_t> Launch(const std::vector<SequenceStep>& batch, GpuKvCache& cache);
   // The whole step for t rows whose inputs are already in the workspace: launches only, on stream_.
+  // T: the activation element type (float for kFloat32, bf16 otherwise).
+  template <typename T>
   absl::Status RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride);
-  // y [Fp8PaddedRows(m), n] bf16 = x [m, k] bf16 · W^T
+  // y [m, n] = x [m, k] · W^T in the configured numerics (buffers sized Fp8PaddedRows(m) rows).
   absl::Status Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y);
-  // x [m, H] float32 += mlp(h [m, H] bf16)
-  absl::Status RunMlp(const Mlp& w, const __nv_bfloat16* h, int64_t m, float* x);
+  absl::Status Linear(const float* x, int64_t m, const GpuLinear& w, float* y);
+  // logits [m, V] float32 = h [m, H] · lm_head^T
+  absl::Status Logits(const __nv_bfloat16* h, int64_t m);
+  absl::Status Logits(const float* h, int64_t m);
+  // x [m, H] float32 += mlp(h [m, H])
+  template <typename T>
+  absl::Status RunMlp(const Mlp& w, const T* h, int64_t m, float* x);
 
   ModelConfig config_;
   std::unique_ptr<cuda::GemmRunner> gemm_;
@@ -116,9 +183,11 @@ class GpuDeepseekV3Model {
   DeviceMemory final_norm_;
   GpuLinear lm_head_;      // bf16 [V, H]
   size_t weight_bytes_ = 0;
+  int64_t max_fp8_weight_ = 0;  // the largest FP8 linear's n * k (the kBf16 dequantisation scratch)
   GpuModelOptions options_;
   cudaStream_t stream_ = nullptr;
-  // Workspace: every buffer a step needs, sized for options_.max_step_tokens.
+  // Workspace: every buffer a step needs, sized for options_.max_step_tokens. Activation buffers
+  // hold T elements (float32 or bf16, by options_.activations).
   struct Workspace {
     DeviceMemory ids, pos, ctx, tables;   // step inputs
     int64_t table_capacity = 0;           // int32 entries in `tables`
@@ -126,8 +195,10 @@ class GpuDeepseekV3Model {
     DeviceMemory g, u, d;                 // dense / shared MLP
     DeviceMemory router_logits, expert_ids, expert_w, offsets, perm_tokens, perm_w, slot, perm_ws;
     DeviceMemory xe, eg, eu, ey;          // routed experts, permuted rows
-    DeviceMemory logits;                  // bf16 [rows, V]
-    DeviceMemory quant_q, quant_scales;   // activation quantiser
+    DeviceMemory logits;                  // float32 [rows, V]
+    DeviceMemory quant_q, quant_scales;   // activation quantiser (kFp8)
+    DeviceMemory w_scratch;               // dequantised weight (kBf16)
+    DeviceMemory sampling, sampled;       // SamplingRow [rows], int32 [rows]
   } ws_;
   // Captured decode graphs, by (rows, cache data pointer, table stride).
   struct GraphKey {

@@ -1,0 +1,359 @@
+// The GPU model's unquantised-activation paths against CPU references: the per-tile dequantising
+// float32 GEMM, FP8 → bf16 weight dequantisation, the bf16 GEMM with float32 output, and the
+// float32 variants of the activation-moving ops (RMSNorm, RoPE, SwiGLU, embedding, latent scatter,
+// MLA absorption, gathers, grouped expert GEMV, combine, residual add). Awkward sizes throughout.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "common/dtype.h"
+#include "gtest/gtest.h"
+#include "kernels/cuda/dequant_gemm.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/grouped_gemv.h"
+#include "kernels/cuda/model_ops.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/ops.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace r1 {
+namespace {
+
+using cuda_testing::DeviceBuffer;
+
+// A random FP8 weight [n, k] stored with rows of `stride` codes (zero padding) and its
+// power-of-two-free block scales [ceil(n/128), scale_stride]; `deq` is the exact dequantised value.
+struct Fp8W {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales, deq;
+};
+Fp8W RandomFp8(int64_t n, int64_t k, int64_t stride, int64_t scale_stride, std::mt19937_64& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> ud(0.001f, 0.01f);
+  Fp8W w;
+  const int64_t nb = (n + 127) / 128;
+  w.codes.assign(n * stride, 0);
+  w.scales.assign(nb * scale_stride, 1.0f);
+  w.deq.resize(n * k);
+  for (auto& s : w.scales) s = ud(rng);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k; ++c) {
+      const uint8_t q = FloatToFp8E4M3(nd(rng) * 100.0f);
+      w.codes[r * stride + c] = q;
+      w.deq[r * k + c] = Fp8E4M3ToFloat(q) * w.scales[(r / 128) * scale_stride + c / 128];
+    }
+  }
+  return w;
+}
+
+double RelL2(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+TEST(CudaKernels3, DequantLinearF32MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Case { int64_t m, n, k; };
+  // golden shapes (k = 192, 96, 48), R1's kv_a (576 x 7168) and odd ones (m = 1, 3, 63, 200).
+  const Case cases[] = {{1, 192, 96}, {3, 576, 192}, {63, 100, 48}, {200, 192, 384}, {5, 576, 7168}, {65, 1, 130}};
+  for (const Case& c : cases) {
+    for (bool fp8 : {true, false}) {
+      const int64_t stride = cuda::Fp8PaddedK(c.k), sstride = cuda::Fp8ScaleStride(stride);
+      Fp8W w = RandomFp8(c.n, c.k, stride, sstride, rng);
+      std::vector<uint16_t> wb(c.n * stride, 0);
+      std::vector<float> wf(c.n * c.k);
+      for (int64_t r = 0; r < c.n; ++r)
+        for (int64_t col = 0; col < c.k; ++col) {
+          wb[r * stride + col] = FloatToBf16(w.deq[r * c.k + col]);
+          wf[r * c.k + col] = fp8 ? w.deq[r * c.k + col] : Bf16ToFloat(wb[r * stride + col]);
+        }
+      std::vector<float> x(c.m * c.k);
+      for (auto& v : x) v = nd(rng);
+      std::vector<double> want(c.m * c.n, 0.0);
+      for (int64_t i = 0; i < c.m; ++i)
+        for (int64_t j = 0; j < c.n; ++j) {
+          double acc = 0;
+          for (int64_t q = 0; q < c.k; ++q) acc += static_cast<double>(x[i * c.k + q]) * wf[j * c.k + q];
+          want[i * c.n + j] = acc;
+        }
+      DeviceBuffer<float> dx(x), ds(w.scales), dy(c.m * c.n);
+      DeviceBuffer<uint8_t> dc(w.codes);
+      DeviceBuffer<uint16_t> dwb(wb);
+      cuda::DequantLinearParams p;
+      p.x = dx.ptr;
+      p.y = dy.ptr;
+      p.m = c.m;
+      p.n = c.n;
+      p.k = c.k;
+      p.w_stride = stride;
+      if (fp8) {
+        p.w = reinterpret_cast<const __nv_fp8_e4m3*>(dc.ptr);
+        p.scales = ds.ptr;
+        p.scale_stride = sstride;
+      } else {
+        p.w_bf16 = reinterpret_cast<const __nv_bfloat16*>(dwb.ptr);
+      }
+      ASSERT_TRUE(cuda::DequantLinearF32(p, nullptr).ok());
+      const double err = RelL2(dy.Download(c.m * c.n), want);
+      EXPECT_LE(err, 1e-5) << c.m << "x" << c.n << "x" << c.k << (fp8 ? " fp8" : " bf16");
+      std::printf("[ cuda ] dequant linear f32 %s m=%ld n=%ld k=%ld rel L2 %.3g\n", fp8 ? "fp8" : "bf16",
+                  static_cast<long>(c.m), static_cast<long>(c.n), static_cast<long>(c.k), err);
+    }
+  }
+  // Argument checks name the problem.
+  cuda::DequantLinearParams bad;
+  EXPECT_FALSE(cuda::DequantLinearF32(bad, nullptr).ok());
+}
+
+TEST(CudaKernels3, DequantizeFp8ToBf16IsExactRounding) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(22);
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{192, 96}, {300, 7168}, {7, 130}}) {
+    const int64_t stride = cuda::Fp8PaddedK(k), sstride = cuda::Fp8ScaleStride(stride);
+    Fp8W w = RandomFp8(n, k, stride, sstride, rng);
+    DeviceBuffer<uint8_t> dc(w.codes);
+    DeviceBuffer<float> ds(w.scales);
+    DeviceBuffer<uint16_t> out(n * k);
+    ASSERT_TRUE(cuda::DequantizeFp8ToBf16({reinterpret_cast<const __nv_fp8_e4m3*>(dc.ptr), ds.ptr,
+                                           reinterpret_cast<__nv_bfloat16*>(out.ptr), n, k, stride, sstride},
+                                          nullptr).ok());
+    const auto got = out.Download(n * k);
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n * k; ++i) wrong += got[i] != FloatToBf16(w.deq[i]);
+    EXPECT_EQ(wrong, 0) << n << "x" << k;
+  }
+}
+
+TEST(CudaKernels3, Bf16GemmWithFloatOutputMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto runner = cuda::GemmRunner::Create();
+  ASSERT_TRUE(runner.ok());
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1024, 192}, {37, 1024, 192}, {300, 1032, 200}}) {
+    std::vector<uint16_t> xb(m * k), wb(n * k);
+    for (auto& v : xb) v = FloatToBf16(nd(rng));
+    for (auto& v : wb) v = FloatToBf16(nd(rng));
+    std::vector<double> want(m * n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t q = 0; q < k; ++q) acc += static_cast<double>(Bf16ToFloat(xb[i * k + q])) * Bf16ToFloat(wb[j * k + q]);
+        want[i * n + j] = acc;
+      }
+    DeviceBuffer<uint16_t> dx(xb), dw(wb);
+    DeviceBuffer<float> dy(m * n);
+    cuda::Bf16GemmParams p;
+    p.x = reinterpret_cast<const __nv_bfloat16*>(dx.ptr);
+    p.w = reinterpret_cast<const __nv_bfloat16*>(dw.ptr);
+    p.y_f32 = dy.ptr;
+    p.m = m;
+    p.n = n;
+    p.k = k;
+    ASSERT_TRUE((*runner)->Bf16(p, nullptr).ok());
+    const double err = RelL2(dy.Download(m * n), want);
+    EXPECT_LE(err, 1e-5) << m << "x" << n << "x" << k;
+    std::printf("[ cuda ] bf16 gemm, float32 out, m=%ld rel L2 %.3g\n", static_cast<long>(m), err);
+  }
+}
+
+TEST(CudaKernels3, FloatActivationOpsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(24);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto rand = [&](size_t n, float s = 1.0f) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = s * nd(rng);
+    return v;
+  };
+  auto worst_rel = [](const std::vector<float>& got, const std::vector<float>& want) {
+    double w = 0;
+    for (size_t i = 0; i < want.size(); ++i) w = std::max(w, std::fabs(got[i] - want[i]) / (std::fabs(want[i]) + 1e-2));
+    return w;
+  };
+  // RMSNorm on strided rows (the latent's first kvr values of each 576-wide row).
+  {
+    const int64_t rows = 63, dim = 512, stride = 576;
+    auto x = rand(rows * stride), w = rand(dim);
+    std::vector<float> want = x;
+    cpu::RmsNorm(x.data(), rows, dim, stride, w.data(), 1e-6f, want.data(), stride);
+    DeviceBuffer<float> dx(x), dw(w);
+    ASSERT_TRUE(cuda::RmsNorm(cuda::RmsNormParamsT<float>{dx.ptr, dw.ptr, dx.ptr, rows, dim, stride, stride, 1e-6f},
+                              nullptr).ok());
+    EXPECT_LE(worst_rel(dx.Download(rows * stride), want), 1e-5);
+  }
+  // RoPE on the last 64 of each 192-wide head, both pair layouts.
+  for (bool interleave : {true, false}) {
+    const int64_t tokens = 3, heads = 5, stride = 192, dim = 64;
+    auto x = rand(tokens * heads * stride);
+    std::vector<int64_t> pos = {0, 17, 4095};
+    std::vector<float> inv(dim / 2);
+    for (int64_t i = 0; i < dim / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / dim);
+    std::vector<float> want = x;
+    cpu::ApplyRope(want.data() + 128, tokens * heads, heads, dim, stride, pos.data(), inv.data(), 1.25f, interleave);
+    DeviceBuffer<float> dx(x), di(inv);
+    DeviceBuffer<int64_t> dp(pos);
+    ASSERT_TRUE(cuda::Rope(cuda::RopeParamsT<float>{dx.ptr + 128, tokens * heads, heads, dim, stride, dp.ptr, di.ptr,
+                                                    1.25f, interleave}, nullptr).ok());
+    EXPECT_LE(worst_rel(dx.Download(x.size()), want), 1e-4) << "interleave " << interleave;
+  }
+  // SwiGLU, embedding (bf16 table into float32 rows), residual add, gather.
+  {
+    const int64_t rows = 7, cols = 300;
+    auto g = rand(rows * cols, 3), u = rand(rows * cols);
+    std::vector<float> want(rows * cols);
+    cpu::SiluMul(g.data(), u.data(), rows * cols, want.data());
+    DeviceBuffer<float> dg(g), du(u), dout(rows * cols);
+    ASSERT_TRUE(cuda::Swiglu(cuda::SwigluParamsT<float>{dg.ptr, du.ptr, dout.ptr, rows, cols, cols, cols, cols},
+                             nullptr).ok());
+    EXPECT_LE(worst_rel(dout.Download(rows * cols), want), 1e-5);
+
+    std::vector<uint16_t> table(50 * 9);
+    for (auto& v : table) v = FloatToBf16(nd(rng));
+    std::vector<int32_t> ids = {3, 49, 0, 50};
+    DeviceBuffer<uint16_t> dt(table);
+    DeviceBuffer<int32_t> did(ids);
+    DeviceBuffer<float> emb(ids.size() * 9);
+    ASSERT_TRUE(cuda::Embedding(cuda::EmbeddingParamsT<float>{reinterpret_cast<const __nv_bfloat16*>(dt.ptr), did.ptr,
+                                                              emb.ptr, 4, 9, 50, 0}, nullptr).ok());
+    const auto e = emb.Download(ids.size() * 9);
+    for (int r = 0; r < 4; ++r)
+      for (int c = 0; c < 9; ++c) EXPECT_EQ(e[r * 9 + c], ids[r] < 50 ? Bf16ToFloat(table[ids[r] * 9 + c]) : 0.0f);
+
+    auto x = rand(rows * cols);
+    DeviceBuffer<float> dx(x);
+    ASSERT_TRUE(cuda::AddF32(dx.ptr, dout.ptr, rows * cols, 1.0f, nullptr).ok());
+    const auto sum = dx.Download(rows * cols), delta = dout.Download(rows * cols);
+    for (int64_t i = 0; i < rows * cols; ++i) EXPECT_EQ(sum[i], x[i] + delta[i]);
+
+    std::vector<int32_t> index = {6, 0, 0, 3};
+    DeviceBuffer<int32_t> dindex(index);
+    DeviceBuffer<float> gathered(index.size() * cols);
+    ASSERT_TRUE(cuda::GatherRows(dx.ptr, dindex.ptr, gathered.ptr, 4, cols, nullptr).ok());
+    const auto gr = gathered.Download(index.size() * cols);
+    for (int i = 0; i < 4; ++i)
+      for (int64_t c = 0; c < cols; ++c) EXPECT_EQ(gr[i * cols + c], sum[index[i] * cols + c]);
+  }
+  // Latent scatter (float32 rounded to bf16 in the cache), absorption and the value product.
+  {
+    const int64_t rows = 3, lat = 576, block = 4, max_blocks = 3, heads = 3, nope = 128, rope = 64, kvr = 512, v = 128;
+    auto latent = rand(rows * lat);
+    std::vector<int32_t> tables = {2, 0, 1, 2, 0, 1, 1, 2, 0};
+    std::vector<int64_t> pos = {0, 5, 11};
+    DeviceBuffer<float> dl(latent);
+    DeviceBuffer<int32_t> dt(tables);
+    DeviceBuffer<int64_t> dp(pos);
+    DeviceBuffer<uint16_t> cache(3 * block * lat);
+    ASSERT_EQ(cudaMemset(cache.ptr, 0, 3 * block * lat * 2), cudaSuccess);
+    ASSERT_TRUE(cuda::ScatterLatent(cuda::ScatterLatentParamsT<float>{dl.ptr, reinterpret_cast<__nv_bfloat16*>(cache.ptr),
+                                                                      dt.ptr, dp.ptr, rows, lat, block, max_blocks,
+                                                                      block * lat}, nullptr).ok());
+    const auto cc = cache.Download(3 * block * lat);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = tables[r * max_blocks + pos[r] / block];
+      for (int64_t c = 0; c < lat; ++c) EXPECT_EQ(cc[(b * block + pos[r] % block) * lat + c], FloatToBf16(latent[r * lat + c]));
+    }
+    auto q = rand(rows * heads * (nope + rope)), uk = rand(heads * nope * kvr, 0.05f), uv = rand(heads * v * kvr, 0.05f);
+    auto olat = rand(rows * heads * kvr);
+    DeviceBuffer<float> dq(q), duk(uk), duv(uv), dol(olat), qlat(rows * heads * kvr), qpe(rows * heads * rope),
+        out(rows * heads * v);
+    ASSERT_TRUE(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<float>{dq.ptr, duk.ptr, qlat.ptr, qpe.ptr, rows, heads, nope,
+                                                                  rope, kvr}, nullptr).ok());
+    ASSERT_TRUE(cuda::ApplyValue(cuda::ApplyValueParamsT<float>{dol.ptr, duv.ptr, out.ptr, rows, heads, v, kvr},
+                                 nullptr).ok());
+    std::vector<float> want_l(rows * heads * kvr), want_o(rows * heads * v);
+    for (int64_t t = 0; t < rows; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t c = 0; c < kvr; ++c) {
+          double acc = 0;
+          for (int64_t d = 0; d < nope; ++d) acc += q[(t * heads + h) * (nope + rope) + d] * uk[(h * nope + d) * kvr + c];
+          want_l[(t * heads + h) * kvr + c] = static_cast<float>(acc);
+        }
+        for (int64_t i = 0; i < v; ++i) {
+          double acc = 0;
+          for (int64_t c = 0; c < kvr; ++c) acc += olat[(t * heads + h) * kvr + c] * uv[(h * v + i) * kvr + c];
+          want_o[t * heads * v + h * v + i] = static_cast<float>(acc);
+        }
+      }
+    EXPECT_LE(worst_rel(qlat.Download(want_l.size()), want_l), 1e-4);
+    EXPECT_LE(worst_rel(out.Download(want_o.size()), want_o), 1e-4);
+    const auto pe = qpe.Download(rows * heads * rope);
+    for (int64_t t = 0; t < rows * heads; ++t)
+      for (int64_t d = 0; d < rope; ++d) EXPECT_EQ(pe[t * rope + d], q[t * (nope + rope) + nope + d]);
+  }
+  // Grouped expert GEMV (FP8 weights, float32 activations) and the ordered combine.
+  {
+    const int64_t experts = 4, n = 192, k = 160, kp = cuda::Fp8PaddedK(k), sstride = cuda::Fp8ScaleStride(kp);
+    const std::vector<int32_t> offsets = {0, 0, 1, 4, 67};
+    const int64_t rows = offsets.back(), nb = (n + 127) / 128;
+    auto x = rand(rows * k);
+    std::vector<uint8_t> codes;
+    std::vector<float> scales, deq;
+    for (int64_t e = 0; e < experts; ++e) {
+      Fp8W w = RandomFp8(n, k, kp, sstride, rng);
+      codes.insert(codes.end(), w.codes.begin(), w.codes.end());
+      scales.insert(scales.end(), w.scales.begin(), w.scales.end());
+      deq.insert(deq.end(), w.deq.begin(), w.deq.end());
+    }
+    ASSERT_EQ(static_cast<int64_t>(scales.size()), experts * nb * sstride);
+    std::vector<double> want(rows * n);
+    for (int64_t e = 0; e < experts; ++e)
+      for (int32_t r = offsets[e]; r < offsets[e + 1]; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0;
+          for (int64_t c = 0; c < k; ++c) acc += static_cast<double>(x[r * k + c]) * deq[(e * n + j) * k + c];
+          want[r * n + j] = acc;
+        }
+    DeviceBuffer<float> dx(x), ds(scales), y(rows * n);
+    DeviceBuffer<uint8_t> dc(codes);
+    DeviceBuffer<int32_t> doff(offsets);
+    cuda::GroupedFp8GemvParamsT<float> p;
+    p.x = dx.ptr;
+    p.offsets = doff.ptr;
+    p.w = reinterpret_cast<const __nv_fp8_e4m3*>(dc.ptr);
+    p.scales = ds.ptr;
+    p.y = y.ptr;
+    p.experts = experts;
+    p.n = n;
+    p.k = k;
+    p.w_stride = kp;
+    p.scale_stride = sstride;
+    ASSERT_TRUE(cuda::GroupedFp8Gemv(p, nullptr).ok());
+    const auto got = y.Download(rows * n);
+    const double err = RelL2(got, want);
+    EXPECT_LE(err, 1e-5);
+    std::printf("[ cuda ] grouped gemv fp8, float32 activations, rel L2 %.3g\n", err);
+    const int64_t tokens = 3, topk = 2;
+    std::vector<int32_t> slot = {0, 66, -1, 5, 2, 2};
+    auto wts = rand(tokens * topk), out0 = rand(tokens * n);
+    std::vector<float> expect(tokens * n);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t c = 0; c < n; ++c) {
+        double acc = 0;
+        for (int64_t j = 0; j < topk; ++j) {
+          const int32_t sl = slot[t * topk + j];
+          if (sl >= 0) acc += wts[t * topk + j] * got[sl * n + c];
+        }
+        expect[t * n + c] = static_cast<float>(out0[t * n + c] + acc);
+      }
+    DeviceBuffer<int32_t> dslot(slot);
+    DeviceBuffer<float> dw(wts), dout(out0);
+    ASSERT_TRUE(cuda::MoeCombine(cuda::MoeCombineParamsT<float>{y.ptr, dslot.ptr, dw.ptr, dout.ptr, tokens, topk, n},
+                                 nullptr).ok());
+    const auto comb = dout.Download(tokens * n);
+    for (int64_t i = 0; i < tokens * n; ++i) EXPECT_NEAR(comb[i], expect[i], 1e-4 * (1 + std::fabs(expect[i]))) << i;
+  }
+}
+
+}  // namespace
+}  // namespace r1
