@@ -115,7 +115,7 @@ int RunGenerate(const std::string& model_dir, const std::string& tokens, Generat
 }  // namespace r1
 
 int main(int argc, char** argv) {
-  CLI::App app{"r1: run DeepSeek-V3 / R1 checkpoints (CPU reference backend)"};
+  CLI::App app{"r1: run and serve DeepSeek-V3 / R1 checkpoints (CPU reference backend; `generate --gpu` on an NVIDIA Hopper GPU)"};
   app.require_subcommand(1);
 
   std::string model_dir, tokens, out_path;
