@@ -1,5 +1,9 @@
 #include "cli/serve.h"
 
+#ifdef R1_WITH_GPU
+#include "coordinator/engine/gpu_executor.h"
+#endif
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -55,6 +59,14 @@ CLI::App* AddServeCommand(CLI::App& app, ServeCommandOptions& o) {
       ->capture_default_str();
   cmd->add_option("--http-threads", o.serve.http_threads, "Threads serving HTTP connections")
       ->capture_default_str();
+  auto* gpu = cmd->add_flag("--gpu", o.gpu,
+                            "Run the model on GPU 0 (the CUDA backend; FP8 weights stay FP8 in device "
+                            "memory, the KV cache in device memory)");
+  cmd->add_option("--gpu-activations", o.gpu_activations,
+                  "With --gpu: f32 (exact against the reference), bf16, or fp8 (DeepSeek's FP8 "
+                  "activations, fastest)")
+      ->capture_default_str()
+      ->needs(gpu);
   cmd->add_option("--drain-timeout", o.drain_timeout_s,
                   "Seconds running requests may take to finish after SIGTERM")
       ->capture_default_str();
@@ -69,7 +81,20 @@ absl::Status RunServeCommand(ServeCommandOptions o) {
   o.engine.kv_memory_bytes = static_cast<int64_t>(o.kv_memory_gb * (1ll << 30));
   o.serve.max_body_bytes = static_cast<size_t>(o.max_body_mb * (1 << 20));
   o.serve.drain_timeout_ms = static_cast<int64_t>(o.drain_timeout_s * 1000);
-  std::fprintf(stderr, "loading %s ...\n", o.engine.model_dir.c_str());
+  std::fprintf(stderr, "loading %s%s ...\n", o.engine.model_dir.c_str(), o.gpu ? " onto GPU 0" : "");
+  if (o.gpu) {
+#ifdef R1_WITH_GPU
+    GpuModelOptions g;
+    R1_ASSIGN_OR_RETURN(g.activations, ParseGpuActivations(o.gpu_activations));
+    g.max_step_tokens = o.engine.max_step_tokens;
+    auto model = GpuDeepseekV3Model::Load(o.engine.model_dir, g);
+    if (!model.ok()) return Annotate(model.status(), "loading the model onto the GPU");
+    o.engine.executor = std::make_shared<GpuModelExecutor>(std::move(*model));
+#else
+    return absl::FailedPreconditionError(
+        "--gpu: this build has no CUDA backend (configure with -DR1_CUDA=on where nvcc is found)");
+#endif
+  }
   auto engine = LocalEngine::Create(o.engine);
   if (!engine.ok()) return Annotate(engine.status(), "starting the engine");
   std::fprintf(stderr, "context %ld tokens\n", static_cast<long>((*engine)->max_context()));

@@ -20,6 +20,8 @@ struct ServeCommandOptions {
   double kv_memory_gb = 1.0;
   double drain_timeout_s = 30;
   double max_body_mb = 8;
+  bool gpu = false;                     // the GPU model on GPU 0 (CUDA builds)
+  std::string gpu_activations = "f32";  // f32, bf16 or fp8 (docs/design.md, GPU)
 };
 
 // Adds `serve` to `app`, its flags bound to `options`.

@@ -22,12 +22,13 @@ NCCL_ROOT=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.ncc
 cmake -S . -B build-gpu -G Ninja -DR1_SERVICES=OFF -DR1_CUDA=on -DNCCL_ROOT="$NCCL_ROOT" \
   -DCMAKE_PREFIX_PATH="$PREFIX/usr;$PREFIX/usr/lib/x86_64-linux-gnu/cmake;$PREFIX/usr/share/cmake" \
   -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include" -DCMAKE_CUDA_FLAGS="-isystem $PREFIX/usr/include" >/dev/null
-cmake --build build-gpu -j"$(nproc)" --target ${R1_GPU_TARGETS:-r1_cuda_tests r1_gpu_model_tests r1_nccl_tests r1_tests r1}
+cmake --build build-gpu -j"$(nproc)" --target ${R1_GPU_TARGETS:-r1_cuda_tests r1_gpu_model_tests r1_gpu_engine_tests r1_nccl_tests r1_tests r1}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 status=0
 [ -x build-gpu/tests/cuda/r1_cuda_tests ] && { build-gpu/tests/cuda/r1_cuda_tests "$@" || status=1; }
 [ -x build-gpu/tests/cuda/r1_gpu_model_tests ] && {
   build-gpu/tests/cuda/r1_gpu_model_tests --gtest_filter="${R1_GPU_MODEL_FILTER:-*}" || status=1; }
+[ -x build-gpu/tests/cuda/r1_gpu_engine_tests ] && { build-gpu/tests/cuda/r1_gpu_engine_tests || status=1; }
 [ -x build-gpu/tests/cuda/r1_nccl_tests ] && { build-gpu/tests/cuda/r1_nccl_tests || status=1; }
 [ -x build-gpu/tests/r1_tests ] && { build-gpu/tests/r1_tests --gtest_brief=1 || status=1; }
 if [ "${R1_MEMCHECK:-0}" = 1 ]; then
