@@ -1,5 +1,5 @@
 // GPU kernel benchmarks at DeepSeek-R1's real dimensions, each figure against its floor.
-//   build-gpu/bench/gpu/bench_gpu [--quick]
+//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|mla|moelayer|moe] [--mla BATCH CTX]
 // Floors: the device-to-device copy bandwidth measured in the same run (bytes that must move /
 // measured HBM bandwidth) and the dense FP8 / BF16 tensor rate given below (flops / rate).
 // Reference in the same command: bench/gpu/torch_ref.py (PyTorch) — see bench/README.md.
@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,7 +17,11 @@
 #include "common/dtype.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemv.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/mla_decode.h"
+#include "kernels/cuda/model_ops.h"
+#include "kernels/cuda/moe_permute.h"
+#include "kernels/cuda/router.h"
 
 namespace {
 
@@ -78,74 +83,246 @@ void Line(const char* what, double us, double flops, double bytes, double hbm, d
               flops / (us * 1e-6) / 1e12, bytes / (us * 1e-6) / 1e9, floor_us, us / floor_us);
 }
 
+// See main's section 4.
+void MoeLayerBench(double hbm, bool quick) {
+  const int64_t E = 256, inter = 2048, hd = 7168, topk = 8, kb = hd / 128;
+  std::printf("\nMoE layer (router + permutation + grouped FP8 GEMV gate/up/down + SwiGLU + combine), 256 experts "
+              "of 2048 x 7168, top 8\n");
+  // Random finite e4m3 codes (bit 6 clear: no NaN, |w| < 2), a 64 MB pattern repeated.
+  std::mt19937 rng(11);
+  std::vector<uint8_t> pat(size_t{64} << 20);
+  for (auto& b : pat) b = static_cast<uint8_t>(rng()) & 0xbf;
+  auto fill_codes = [&](void* dst, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += pat.size())
+      cudaMemcpy(static_cast<char*>(dst) + off, pat.data(), std::min(bytes - off, pat.size()), cudaMemcpyHostToDevice);
+  };
+  auto fill_f32 = [&](void* dst, size_t n, float mean, float sd) {
+    std::normal_distribution<float> nd(mean, sd);
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(rng);
+    cudaMemcpy(dst, v.data(), n * 4, cudaMemcpyHostToDevice);
+  };
+  const size_t wgu = size_t(E) * inter * hd, wd = size_t(E) * hd * inter;
+  auto* wg = static_cast<__nv_fp8_e4m3*>(Alloc(wgu));
+  auto* wu = static_cast<__nv_fp8_e4m3*>(Alloc(wgu));
+  auto* wdn = static_cast<__nv_fp8_e4m3*>(Alloc(wd));
+  fill_codes(wg, wgu), fill_codes(wu, wgu), fill_codes(wdn, wd);
+  auto* sg = static_cast<float*>(Alloc(E * (inter / 128) * kb * 4));
+  auto* su = static_cast<float*>(Alloc(E * (inter / 128) * kb * 4));
+  auto* sd = static_cast<float*>(Alloc(E * (hd / 128) * (inter / 128) * 4));
+  fill_f32(sg, E * (inter / 128) * kb, 0.01f, 0.0f), fill_f32(su, E * (inter / 128) * kb, 0.01f, 0.0f);
+  fill_f32(sd, E * (hd / 128) * (inter / 128), 0.01f, 0.0f);
+  auto* wr = static_cast<float*>(Alloc(E * hd * 4));
+  auto* bias = static_cast<float*>(Alloc(E * 4));
+  fill_f32(wr, E * hd, 0.0f, 0.02f), fill_f32(bias, E, 0.0f, 0.01f);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+  for (int64_t t : quick ? std::vector<int64_t>{1, 64, 4096} : std::vector<int64_t>{1, 8, 64, 256, 4096}) {
+    const int64_t entries = t * topk;
+    auto* xf = static_cast<float*>(Alloc(t * hd * 4));    // normed input, float32 (router)
+    auto* xb = static_cast<__nv_bfloat16*>(Alloc(t * hd * 2));  // and bf16 (experts)
+    fill_f32(xf, t * hd, 0.0f, 1.0f);
+    auto* out = static_cast<float*>(Alloc(t * hd * 4));
+    auto* logits = static_cast<float*>(Alloc(t * E * 4));
+    auto* ids = static_cast<int32_t*>(Alloc(entries * 4));
+    auto* w = static_cast<float*>(Alloc(entries * 4));
+    auto* off = static_cast<int32_t*>(Alloc((E + 1) * 4));
+    auto* ptok = static_cast<int32_t*>(Alloc(entries * 4));
+    auto* pw = static_cast<float*>(Alloc(entries * 4));
+    auto* slot = static_cast<int32_t*>(Alloc(entries * 4));
+    auto* pws = static_cast<int32_t*>(Alloc(r1::cuda::MoePermuteWorkspaceInts(t, topk, E) * 4));
+    auto* xe = static_cast<__nv_bfloat16*>(Alloc(entries * hd * 2));
+    auto* eg = static_cast<__nv_bfloat16*>(Alloc(entries * inter * 2));
+    auto* eu = static_cast<__nv_bfloat16*>(Alloc(entries * inter * 2));
+    auto* ey = static_cast<__nv_bfloat16*>(Alloc(entries * hd * 2));
+    bool ok = true;
+    auto layer = [&] {
+      auto chk = [&](const absl::Status& st) {
+        if (!st.ok() && ok) std::fprintf(stderr, "moe layer: %s\n", std::string(st.message()).c_str()), ok = false;
+      };
+      chk(r1::cuda::LinearF32(xf, wr, logits, t, E, hd, stream));
+      r1::cuda::RouterParams rp;
+      rp.logits = logits, rp.score_bias = bias, rp.expert_ids = ids, rp.weights = w, rp.tokens = t, rp.experts = E;
+      rp.n_group = 8, rp.topk_group = 4, rp.top_k = topk, rp.norm_topk_prob = true, rp.routed_scaling_factor = 2.5f;
+      chk(r1::cuda::Router(rp, stream));
+      r1::cuda::MoePermuteParams pp;
+      pp.expert_ids = ids, pp.weights = w, pp.tokens = t, pp.top_k = topk, pp.first_expert = 0, pp.num_experts = E;
+      pp.expert_offsets = off, pp.permuted_tokens = ptok, pp.permuted_weights = pw, pp.entry_slot = slot;
+      pp.workspace = pws;
+      chk(r1::cuda::MoePermute(pp, stream));
+      chk(r1::cuda::GatherRows(xb, ptok, xe, entries, hd, stream));
+      auto gemv = [&](const __nv_fp8_e4m3* wt, const float* sc, const __nv_bfloat16* in, __nv_bfloat16* o, int64_t n,
+                      int64_t k) {
+        r1::cuda::GroupedFp8GemvParams gp;
+        gp.x = in, gp.offsets = off, gp.w = wt, gp.scales = sc, gp.y = o, gp.experts = E, gp.n = n, gp.k = k;
+        gp.w_stride = k, gp.scale_stride = k / 128;
+        chk(r1::cuda::GroupedFp8Gemv(gp, stream));
+      };
+      gemv(wg, sg, xe, eg, inter, hd);
+      gemv(wu, su, xe, eu, inter, hd);
+      chk(r1::cuda::Swiglu(r1::cuda::SwigluParams{eg, eu, eg, entries, inter, inter, inter, inter}, stream));
+      gemv(wdn, sd, eg, ey, hd, inter);
+      chk(r1::cuda::MoeCombine(r1::cuda::MoeCombineParams{ey, slot, w, out, t, topk, hd}, stream));
+    };
+    layer();
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    // Experts touched by this batch's routing.
+    std::vector<int32_t> hid(entries);
+    cudaMemcpy(hid.data(), ids, entries * 4, cudaMemcpyDeviceToHost);
+    std::vector<char> hit(E, 0);
+    for (int32_t e : hid) hit[e] = 1;
+    const int64_t touched = std::count(hit.begin(), hit.end(), 1);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    layer();
+    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    const double us = TimeUs([&] { cudaGraphLaunch(exec, stream); cudaStreamSynchronize(stream); }, t >= 4096 ? 3 : 20);
+    const double flops = 2.0 * entries * 3.0 * inter * hd + 2.0 * t * E * hd;
+    const double bytes = double(touched) * 3.0 * inter * hd + double(E) * hd * 4 + double(t) * hd * 10;
+    char name[96];
+    std::snprintf(name, sizeof name, "moe layer tokens=%-4ld experts touched=%ld%s", static_cast<long>(t),
+                  static_cast<long>(touched), ok ? "" : " (FAILED)");
+    Line(name, us, flops, bytes, hbm, kFp8Tflops);
+    cudaGraphExecDestroy(exec), cudaGraphDestroy(graph);
+    for (void* ptr : std::initializer_list<void*>{xf, xb, out, logits, ids, w, off, ptok, pw, slot, pws, xe, eg, eu, ey})
+      cudaFree(ptr);
+  }
+  cudaStreamDestroy(stream);
+  cudaFree(wg), cudaFree(wu), cudaFree(wdn), cudaFree(sg), cudaFree(su), cudaFree(sd), cudaFree(wr), cudaFree(bias);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  // --quick: fewer sizes; --only gemm|mla|moe: one section; --mla BATCH CTX: that MLA case alone.
+  bool quick = false;
+  std::string only;
+  int64_t mla_batch = 0, mla_ctx = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
+    if (std::strcmp(argv[i], "--mla") == 0 && i + 2 < argc) {
+      only = "mla", mla_batch = std::atol(argv[i + 1]), mla_ctx = std::atol(argv[i + 2]), i += 2;
+    }
+  }
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   const double hbm = MeasureHbmGBs();
   std::printf("device %s, %d SMs; measured device copy %.0f GB/s (the bandwidth floor); tensor rates FP8 %.0f, "
               "BF16 %.0f TFLOP/s\n\n", prop.name, prop.multiProcessorCount, hbm, kFp8Tflops, kBf16Tflops);
 
-  // 1. FP8 block-scaled GEMM (cuBLASLt) at R1's linear shapes: y[M, N] = x[M, K] · W[N, K]^T.
-  auto runner = r1::cuda::GemmRunner::Create();
-  if (!runner.ok()) return 1;
-  struct Shape { const char* name; int64_t n, k; };
-  const Shape shapes[] = {{"q_a_proj", 1536, 7168},  {"q_b_proj", 24576, 1536}, {"kv_a_proj", 576, 7168},
-                          {"kv_b_proj", 32768, 512}, {"o_proj", 7168, 16384},   {"expert gate/up", 2048, 7168},
-                          {"expert down", 7168, 2048}};
-  std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 64, 4096} : std::vector<int64_t>{1, 8, 64, 256, 4096};
-  std::printf("FP8 GEMM (cuBLASLt block-scaled, 1x128 activation / 128x128 weight scales)\n");
-  for (const Shape& s : shapes) {
-    for (int64_t m : ms) {
-      const int64_t mp = r1::cuda::Fp8PaddedRows(m), kb = (s.k + 127) / 128, stride = r1::cuda::Fp8ScaleStride(s.k);
-      auto* x = static_cast<__nv_fp8_e4m3*>(Alloc(mp * s.k, 0x38));
-      auto* xs = static_cast<float*>(Alloc(mp * kb * 4));
-      auto* w = static_cast<__nv_fp8_e4m3*>(Alloc(s.n * s.k, 0x38));
-      auto* ws = static_cast<float*>(Alloc(((s.n + 127) / 128) * stride * 4));
-      auto* y = static_cast<__nv_bfloat16*>(Alloc(mp * s.n * 2));
-      const double us = TimeUs([&] { (void)(*runner)->Fp8({x, xs, w, ws, y, m, s.n, s.k}, nullptr); });
-      const double flops = 2.0 * m * s.n * s.k, bytes = double(s.n) * s.k + double(m) * s.k + 2.0 * m * s.n;
-      char name[96];
-      std::snprintf(name, sizeof name, "fp8 %-15s M=%-5ld N=%-6ld K=%ld", s.name, static_cast<long>(m),
-                    static_cast<long>(s.n), static_cast<long>(s.k));
-      Line(name, us, flops, bytes, hbm, kFp8Tflops);
-      cudaFree(x), cudaFree(xs), cudaFree(w), cudaFree(ws), cudaFree(y);
+  if (only.empty() || only == "gemm") {
+    // 1. FP8 block-scaled GEMM (cuBLASLt) at R1's linear shapes: y[M, N] = x[M, K] · W[N, K]^T.
+    auto runner = r1::cuda::GemmRunner::Create();
+    if (!runner.ok()) return 1;
+    struct Shape { const char* name; int64_t n, k; };
+    const Shape shapes[] = {{"q_a_proj", 1536, 7168},  {"q_b_proj", 24576, 1536}, {"kv_a_proj", 576, 7168},
+                            {"kv_b_proj", 32768, 512}, {"o_proj", 7168, 16384},   {"expert gate/up", 2048, 7168},
+                            {"expert down", 7168, 2048}};
+    std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 64, 4096} : std::vector<int64_t>{1, 8, 64, 256, 4096};
+    std::printf("FP8 GEMM (cuBLASLt block-scaled, 1x128 activation / 128x128 weight scales)\n");
+    for (const Shape& s : shapes) {
+      for (int64_t m : ms) {
+        const int64_t mp = r1::cuda::Fp8PaddedRows(m), kb = (s.k + 127) / 128, stride = r1::cuda::Fp8ScaleStride(s.k);
+        auto* x = static_cast<__nv_fp8_e4m3*>(Alloc(mp * s.k, 0x38));
+        auto* xs = static_cast<float*>(Alloc(mp * kb * 4));
+        auto* w = static_cast<__nv_fp8_e4m3*>(Alloc(s.n * s.k, 0x38));
+        auto* ws = static_cast<float*>(Alloc(((s.n + 127) / 128) * stride * 4));
+        auto* y = static_cast<__nv_bfloat16*>(Alloc(mp * s.n * 2));
+        const double us = TimeUs([&] { (void)(*runner)->Fp8({x, xs, w, ws, y, m, s.n, s.k}, nullptr); });
+        const double flops = 2.0 * m * s.n * s.k, bytes = double(s.n) * s.k + double(m) * s.k + 2.0 * m * s.n;
+        char name[96];
+        std::snprintf(name, sizeof name, "fp8 %-15s M=%-5ld N=%-6ld K=%ld", s.name, static_cast<long>(m),
+                      static_cast<long>(s.n), static_cast<long>(s.k));
+        Line(name, us, flops, bytes, hbm, kFp8Tflops);
+        cudaFree(x), cudaFree(xs), cudaFree(w), cudaFree(ws), cudaFree(y);
+      }
     }
   }
 
-  // 2. MLA decode (absorbed) over the paged bf16 latent cache: 128 heads, latent 512 + 64.
-  std::printf("\nMLA decode attention (absorbed form, paged bf16 latent cache, block 64, 128 heads)\n");
-  const int64_t kvr = 512, rope = 64, lat = kvr + rope, heads = 128, block = 64;
-  for (int64_t batch : quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 8, 64, 256}) {
-    for (int64_t ctx : quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{1024, 4096, 32768}) {
-      if (batch * ctx > 256 * 8192) continue;  // keep the cache under ~5 GB
-      const int64_t blocks_per = (ctx + block - 1) / block, blocks = blocks_per * batch;
-      auto* cache = static_cast<__nv_bfloat16*>(Alloc(blocks * block * lat * 2));
-      std::vector<int32_t> table(batch * blocks_per), lens(batch, static_cast<int32_t>(ctx));
-      for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
-      auto* dt = static_cast<int32_t*>(Alloc(table.size() * 4));
-      auto* dl = static_cast<int32_t*>(Alloc(lens.size() * 4));
-      cudaMemcpy(dt, table.data(), table.size() * 4, cudaMemcpyHostToDevice);
-      cudaMemcpy(dl, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice);
-      auto* ql = static_cast<float*>(Alloc(batch * heads * kvr * 4));
-      auto* qp = static_cast<float*>(Alloc(batch * heads * rope * 4));
-      auto* ol = static_cast<float*>(Alloc(batch * heads * kvr * 4));
-      r1::cuda::MlaDecodeParams p;
-      p.q_lat = ql, p.q_pe = qp, p.cache = cache, p.block_stride = block * lat, p.block_tables = dt;
-      p.context_lens = dl, p.o_lat = ol, p.rows = batch, p.heads = heads, p.kv_lora_rank = kvr, p.rope_dim = rope;
-      p.block_size = block, p.max_blocks = blocks_per, p.softmax_scale = 0.1f;
-      const double us = TimeUs([&] { (void)r1::cuda::MlaDecode(p, nullptr); }, 10);
-      const double bytes = double(batch) * ctx * lat * 2, flops = 4.0 * batch * heads * ctx * lat;
-      char name[96];
-      std::snprintf(name, sizeof name, "mla decode batch=%-4ld ctx=%ld", static_cast<long>(batch), static_cast<long>(ctx));
-      Line(name, us, flops, bytes, hbm, kBf16Tflops);
-      cudaFree(cache), cudaFree(dt), cudaFree(dl), cudaFree(ql), cudaFree(qp), cudaFree(ol);
+  // 2. MLA decode (absorbed) over the paged bf16 latent cache: 128 heads, latent 512 + 64. Bytes:
+  // the cache rows read, q read and o_lat written (float32, as the interface takes them).
+  if (only.empty() || only == "mla") {
+    std::printf("\nMLA decode attention (absorbed form, paged bf16 latent cache, block 64, 128 heads); "
+                "HBM fraction against the measured copy rate and against the 3350 GB/s data-sheet figure\n");
+    const int64_t kvr = 512, rope = 64, lat = kvr + rope, heads = 128, block = 64;
+    std::vector<int64_t> batches = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 8, 64, 256};
+    std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{1024, 4096, 16384, 32768};
+    if (mla_batch > 0) batches = {mla_batch}, ctxs = {mla_ctx};
+    const size_t ws_bytes = r1::cuda::MlaDecodeWorkspaceBytes(heads, kvr);
+    // Random values (N(0,1) cache, N(0,0.05) q): the softmax max keeps moving early in a row as
+    // it would on real data; the 16 MB pattern repeats over the cache.
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<uint16_t> pattern(size_t{8} << 20);
+    for (auto& v : pattern) v = r1::FloatToBf16(nd(rng));
+    auto fill = [&](void* dst, size_t bytes, float scale) {
+      if (scale == 0.0f) {
+        for (size_t off = 0; off < bytes; off += pattern.size() * 2)
+          cudaMemcpy(static_cast<char*>(dst) + off, pattern.data(), std::min(bytes - off, pattern.size() * 2),
+                     cudaMemcpyHostToDevice);
+        return;
+      }
+      std::vector<float> f(bytes / 4);
+      for (auto& v : f) v = nd(rng) * scale;
+      cudaMemcpy(dst, f.data(), f.size() * 4, cudaMemcpyHostToDevice);
+    };
+    auto* ws = static_cast<float*>(Alloc(ws_bytes));
+    for (int64_t batch : batches) {
+      for (int64_t ctx : ctxs) {
+        const int64_t blocks_per = (ctx + block - 1) / block, blocks = blocks_per * batch;
+        auto* cache = static_cast<__nv_bfloat16*>(Alloc(blocks * block * lat * 2, 0x3c));
+        std::vector<int32_t> table(batch * blocks_per), lens(batch, static_cast<int32_t>(ctx));
+        // Pages in a scrambled order, as a serving cache hands them out.
+        for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>((i * 7919) % table.size());
+        auto* dt = static_cast<int32_t*>(Alloc(table.size() * 4));
+        auto* dl = static_cast<int32_t*>(Alloc(lens.size() * 4));
+        cudaMemcpy(dt, table.data(), table.size() * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(dl, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice);
+        auto* ql = static_cast<float*>(Alloc(batch * heads * kvr * 4));
+        auto* qp = static_cast<float*>(Alloc(batch * heads * rope * 4));
+        auto* ol = static_cast<float*>(Alloc(batch * heads * kvr * 4));
+        fill(cache, blocks * block * lat * 2, 0.0f);
+        fill(ql, batch * heads * kvr * 4, 0.05f);
+        fill(qp, batch * heads * rope * 4, 0.05f);
+        r1::cuda::MlaDecodeParams p;
+        p.q_lat = ql, p.q_pe = qp, p.cache = cache, p.block_stride = block * lat, p.block_tables = dt;
+        p.context_lens = dl, p.o_lat = ol, p.rows = batch, p.heads = heads, p.kv_lora_rank = kvr, p.rope_dim = rope;
+        p.block_size = block, p.max_blocks = blocks_per, p.softmax_scale = 0.1f;
+        p.algo = r1::cuda::MlaDecodeParams::Algo::kTensorCore, p.workspace = ws, p.workspace_bytes = ws_bytes;
+        const double bytes = double(batch) * ctx * lat * 2 + double(batch) * heads * (lat + kvr) * 4;
+        const double flops = 2.0 * batch * heads * ctx * (lat + kvr);
+        const double us = TimeUs([&] { (void)r1::cuda::MlaDecode(p, nullptr); }, 20);
+        char name[96];
+        std::snprintf(name, sizeof name, "mla decode tc batch=%-4ld ctx=%ld", static_cast<long>(batch), static_cast<long>(ctx));
+        Line(name, us, flops, bytes, hbm, kBf16Tflops);
+        std::printf("    -> %.0f GB/s = %.1f%% of measured copy rate, %.1f%% of 3350 GB/s\n", bytes / (us * 1e-6) / 1e9,
+                    100.0 * bytes / (us * 1e-6) / 1e9 / hbm, 100.0 * bytes / (us * 1e-6) / 1e9 / 3350.0);
+        if (!quick && mla_batch == 0 && ((batch == 64 && ctx == 4096) || (batch == 1 && ctx == 4096))) {
+          p.algo = r1::cuda::MlaDecodeParams::Algo::kExact;  // the float32 CUDA-core kernel, for reference
+          const double ue = TimeUs([&] { (void)r1::cuda::MlaDecode(p, nullptr); }, 3);
+          std::snprintf(name, sizeof name, "mla decode exact batch=%-4ld ctx=%ld", static_cast<long>(batch),
+                        static_cast<long>(ctx));
+          Line(name, ue, flops, bytes, hbm, kBf16Tflops);
+        }
+        cudaFree(cache), cudaFree(dt), cudaFree(dl), cudaFree(ql), cudaFree(qp), cudaFree(ol);
+      }
     }
+    cudaFree(ws);
   }
+
+  // 4. The routed MoE layer as the GPU model runs it (worker/model/gpu_model.cc): float32 router
+  // GEMV, fused router (sigmoid, 8 groups keep 4, top 8, normalised, x2.5), permutation, row
+  // gather, grouped FP8 GEMV gate and up, SwiGLU, grouped GEMV down, ordered combine into the
+  // float32 residual. Random FP8 weights (finite codes) for 256 experts of 2048 x 7168. Timed as
+  // one captured CUDA graph (as decode steps run). Floor: decode = bytes of the experts touched
+  // (+ router weight) / copy rate; prefill = flops / FP8 dense rate.
+  if (only.empty() || only == "moelayer") MoeLayerBench(hbm, quick);
 
   // 3. Routed experts for a decode batch: grouped FP8 GEMV (gate) over 256 experts, 8 per token.
+  if (!only.empty() && only != "moe") return 0;
   std::printf("\nMoE routed experts, grouped FP8 GEMV, gate projection (256 experts of 2048 x 7168)\n");
   const int64_t E = 256, n = 2048, k = 7168, topk = 8;
   auto* w = static_cast<__nv_fp8_e4m3*>(Alloc(E * n * k, 0x38));

@@ -28,8 +28,29 @@ struct MlaDecodeParams {
   int64_t kv_lora_rank = 0, rope_dim = 0;  // latent_dim = kv_lora_rank + rope_dim <= 1024
   int64_t block_size = 0, max_blocks = 0;
   float softmax_scale = 1.0f;
+  // kExact: float32 products on CUDA cores (the float32 model's path). kTensorCore: q and the
+  // softmax weights rounded to bf16 for tensor-core MMA with float32 accumulation, 64 heads per
+  // block reading each cached byte once, the context split over blocks when rows are few
+  // (mla_decode_tc.cu). kTensorCore needs kv_lora_rank % 32 == 0, rope_dim % 16 == 0 and 16-byte
+  // aligned cache rows; other shapes take kExact.
+  enum class Algo { kExact, kTensorCore };
+  Algo algo = Algo::kExact;
+  // kTensorCore's split-context partials (MlaDecodeWorkspaceBytes); without it (or if too small)
+  // the context is not split.
+  float* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 absl::Status MlaDecode(const MlaDecodeParams& p, cudaStream_t stream);
+
+// Workspace that lets kTensorCore split the context at any row count (depends on the device's
+// multiprocessor count, heads and kv_lora_rank only).
+size_t MlaDecodeWorkspaceBytes(int64_t heads, int64_t kv_lora_rank);
+
+namespace internal {
+// The tensor-core launcher (mla_decode_tc.cu); false when the shape is not supported.
+bool MlaDecodeTcSupported(const MlaDecodeParams& p);
+absl::Status MlaDecodeTc(const MlaDecodeParams& p, cudaStream_t stream);
+}  // namespace internal
 
 }  // namespace r1::cuda

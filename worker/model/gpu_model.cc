@@ -487,6 +487,9 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   R1_RETURN_IF_ERROR(a(&ws_.q_lat, t * nh * kvr * 4));
   R1_RETURN_IF_ERROR(a(&ws_.q_pe, t * nh * c.qk_rope_head_dim * 4));
   R1_RETURN_IF_ERROR(a(&ws_.o_lat, t * nh * kvr * 4));
+  if (options_.activations != GpuActivations::kFloat32) {
+    R1_RETURN_IF_ERROR(a(&ws_.mla, static_cast<int64_t>(cuda::MlaDecodeWorkspaceBytes(nh, kvr))));
+  }
   R1_RETURN_IF_ERROR(a(&ws_.attn, tp * nh * vd * e));
   R1_RETURN_IF_ERROR(a(&ws_.o, tp * hd * e));
   R1_RETURN_IF_ERROR(a(&ws_.g, tp * inter * e));
@@ -662,6 +665,13 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     mp.block_size = cache.block_size;
     mp.max_blocks = table_stride;
     mp.softmax_scale = static_cast<float>(c.softmax_scale());
+    // The bf16 / fp8 modes take the tensor-core kernel (q and softmax weights in bf16, float32
+    // accumulation); the float32 mode keeps float32 products.
+    if constexpr (!kF32) {
+      mp.algo = cuda::MlaDecodeParams::Algo::kTensorCore;
+      mp.workspace = ws_.mla.as<float>();
+      mp.workspace_bytes = ws_.mla.bytes;
+    }
     R1_RETURN_IF_ERROR(cuda::MlaDecode(mp, stream_));
     auto* attn = ws_.attn.as<T>();
     R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn, t,

@@ -192,6 +192,7 @@ class GpuDeepseekV3Model {
     DeviceMemory ids, pos, ctx, tables;   // step inputs
     int64_t table_capacity = 0;           // int32 entries in `tables`
     DeviceMemory x, hf, hb, emb, qa, q, kv, q_lat, q_pe, o_lat, attn, o;
+    DeviceMemory mla;                     // MLA decode split-context partials (bf16 / fp8 modes)
     DeviceMemory g, u, d;                 // dense / shared MLP
     DeviceMemory router_logits, expert_ids, expert_w, offsets, perm_tokens, perm_w, slot, perm_ws;
     DeviceMemory xe, eg, eu, ey;          // routed experts, permuted rows
