@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The reference run for bench_gpu (`--moe`: only the MoE layer), in PyTorch on the same GPU: FP8 GEMM through torch._scaled_mm
+"""The reference run for bench_gpu (`--moe`: only the MoE layer; `--layer`: a whole MoE layer for
+bench_gpu_layer), in PyTorch on the same GPU: FP8 GEMM through torch._scaled_mm
 (row-wise scales: PyTorch's fastest FP8 path; block-wise where this PyTorch supports it) and BF16
 GEMM through torch.matmul, at the same R1 shapes. Median of 20 timed runs after warm-up."""
 import sys
@@ -24,10 +25,11 @@ def time_us(f, reps=20):
     return ts[len(ts) // 2]
 
 
-def moe_layer_bench():
+def make_moe():
     """bench_gpu's MoE layer in PyTorch: float32 router, grouped top-k (8 groups keep 4, top 8),
     tokens sorted by expert, per touched expert FP8 torch._scaled_mm gate/up (row-wise activation
-    scales), SiLU*up, FP8 down, weighted index_add into the float32 output."""
+    scales), SiLU*up, FP8 down, weighted index_add into the float32 output. Returns
+    layer(x float32, x bf16) -> (routed output float32, experts touched)."""
     E, inter, hd, topk = 256, 2048, 7168, 8
     dev = "cuda"
     codes = lambda *shape: (torch.randint(0, 256, shape, dtype=torch.uint8, device=dev) & 0xBF).view(torch.float8_e4m3fn)
@@ -74,6 +76,13 @@ def moe_layer_bench():
             start += c
         return out, len([c for c in counts if c])
 
+    return layer
+
+
+def moe_layer_bench():
+    E, inter, hd, topk = 256, 2048, 7168, 8
+    dev = "cuda"
+    layer = make_moe()
     for T in (1, 8, 64, 256, 4096):
         xf = torch.randn(T, hd, device=dev)
         xb = xf.to(torch.bfloat16)
@@ -85,10 +94,77 @@ def moe_layer_bench():
               f"({fl / us / 1e6:7.1f} TFLOP/s, {by / us / 1e3:7.0f} GB/s)")
 
 
+def full_layer_bench(ctx=4096):
+    """bench_gpu_layer's MoE layer in PyTorch, one decode step at context `ctx`: RMSNorm, MLA in the
+    absorbed form over a contiguous bf16 latent cache [B, ctx + 1, 576] (q_a -> norm -> q_b, kv_a ->
+    norm, rotary on the 64 rope dims, q_nope folded through kv_b's K half, scores over the latent
+    and rope parts, softmax, weighted latent sum, kv_b's V half, o_proj), the residual, RMSNorm, the
+    routed experts of make_moe() and the shared expert. Every linear layer FP8 through
+    torch._scaled_mm (row-wise activation scales); eager, as a torch layer runs."""
+    dev, hd, nh, qr, kvr, rope, nope, vd = "cuda", 7168, 128, 1536, 512, 64, 128, 128
+    codes = lambda *shape: (torch.randint(0, 256, shape, dtype=torch.uint8, device=dev) & 0xBF).view(torch.float8_e4m3fn)
+    w_qa, w_qb, w_kva, w_o = codes(qr, hd), codes(nh * (nope + rope), qr), codes(kvr + rope, hd), codes(hd, nh * vd)
+    w_sg, w_su, w_sd = codes(2048, hd), codes(2048, hd), codes(hd, 2048)
+    w_uk = torch.randn(nh, nope, kvr, device=dev, dtype=torch.bfloat16) * 0.05
+    w_uv = torch.randn(nh, vd, kvr, device=dev, dtype=torch.bfloat16) * 0.05
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rope, 2, device=dev).float() / rope))
+    moe = make_moe()
+
+    def lin(x, w):
+        m = x.shape[0]
+        mp = max(16, (m + 15) // 16 * 16)
+        xp = torch.zeros(mp, x.shape[1], device=dev, dtype=torch.float32)
+        xp[:m] = x.float()
+        amax = xp.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        ones = torch.full((1, w.shape[0]), 0.01, device=dev)
+        return torch._scaled_mm((xp * (448.0 / amax)).to(torch.float8_e4m3fn), w.t(), scale_a=amax / 448.0,
+                                scale_b=ones, out_dtype=torch.bfloat16)[:m]
+
+    def rms(x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+
+    def rotary(x, pos):  # x [..., 64], interleaved pairs
+        ang = pos * inv_freq
+        c, s = ang.cos(), ang.sin()
+        x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).to(torch.bfloat16)
+
+    def step(x, cache):  # x [B, H] float32 residual, cache [B, ctx + 1, 576] bf16
+        B = x.shape[0]
+        h = rms(x)
+        q = lin(rms(lin(h, w_qa)), w_qb).view(B, nh, nope + rope)
+        kv = lin(h, w_kva)
+        cache[:, ctx, :kvr] = rms(kv[:, :kvr])
+        cache[:, ctx, kvr:] = rotary(kv[:, kvr:], ctx)
+        q_lat = torch.einsum("bhn,hnc->bhc", q[..., :nope], w_uk)           # [B, nh, 512]
+        q_pe = rotary(q[..., nope:], ctx)                                    # [B, nh, 64]
+        qf = torch.cat((q_lat, q_pe), dim=-1)                                # [B, nh, 576]
+        scores = torch.bmm(qf, cache.transpose(1, 2)).float() * (nope + rope) ** -0.5
+        p = torch.softmax(scores, dim=-1).to(torch.bfloat16)                 # [B, nh, ctx + 1]
+        o_lat = torch.bmm(p, cache[..., :kvr])                               # [B, nh, 512]
+        o = torch.einsum("bhc,hvc->bhv", o_lat, w_uv).reshape(B, nh * vd)
+        x = x + lin(o, w_o).float()
+        h2 = rms(x)
+        routed, touched = moe(h2.float(), h2)
+        shared = lin(torch.nn.functional.silu(lin(h2, w_sg)) * lin(h2, w_su), w_sd)
+        return x + routed + shared.float(), touched
+
+    for B in (1, 8, 64, 256):
+        x = torch.randn(B, hd, device=dev)
+        cache = torch.randn(B, ctx + 1, kvr + rope, device=dev, dtype=torch.bfloat16)
+        touched = step(x, cache)[1]
+        us = time_us(lambda: step(x, cache), reps=5 if B >= 64 else 20)
+        print(f"torch full MoE layer decode batch={B:<4d} context={ctx} experts touched={touched:3d}: {us:9.1f} us")
+
+
 def main():
     print("torch", torch.__version__, torch.cuda.get_device_name())
     if "--moe" in sys.argv:
         moe_layer_bench()
+        return
+    if "--layer" in sys.argv:
+        full_layer_bench()
         return
     for name, n, k in SHAPES:
         for m in (1, 8, 64, 256, 4096):

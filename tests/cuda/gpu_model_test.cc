@@ -11,10 +11,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <tuple>
 
+#include "common/safetensors.h"
+#include "common/safetensors_writer.h"
 #include "gtest/gtest.h"
 #include "tests/unit/test_util.h"
 #include "worker/model/gpu_model.h"
@@ -243,6 +246,68 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuModelTest,
                            std::replace(s.begin(), s.end(), '-', '_');
                            return s;
                          });
+
+// GpuModelOptions::weight_layers (layer-aliased full-depth benchmarks): golden-a (layer 0 dense,
+// 1 and 2 MoE) loaded with 2 weight layers runs layer 2 on layer 1's weights, so its logits equal,
+// bit for bit, those of a checkpoint whose layer-2 tensors are copies of layer 1's, and differ
+// from the real model's; 1 weight layer (dense) cannot stand in for MoE layers.
+TEST(GpuModelWeightLayersTest, LaterLayersRunTheLastLoadedLayer) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string src = GoldenModel("golden-a-fp8");
+  auto ckpt = Checkpoint::Open(src);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  SafetensorsWriter writer;
+  const std::string l1 = "model.layers.1.", l2 = "model.layers.2.";
+  for (const std::string& name : (*ckpt)->Names()) {
+    if (name.starts_with(l2)) continue;
+    auto t = (*ckpt)->Get(name);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const std::string bytes(reinterpret_cast<const char*>(t->data), t->nbytes);
+    ASSERT_TRUE(writer.Add(name, t->dtype, t->shape, bytes).ok()) << name;
+    if (name.starts_with(l1)) {
+      ASSERT_TRUE(writer.Add(l2 + name.substr(l1.size()), t->dtype, t->shape, bytes).ok());
+    }
+  }
+  const std::string copied = testing::TempDir("gpu-weight-layers");
+  ASSERT_TRUE(writer.WriteSharded(copied, 1).ok());
+  std::filesystem::copy_file(src + "/config.json", copied + "/config.json");
+
+  auto run = [&](const std::string& dir, int64_t weight_layers) {
+    GpuModelOptions o;
+    o.weight_layers = weight_layers;
+    auto m = GpuDeepseekV3Model::Load(dir, o);
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return std::vector<float>{};
+    auto cache = GpuKvCache::Create((*m)->config(), 4, 16);
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    if (!cache.ok()) return std::vector<float>{};
+    SequenceStep s{{5, 17, 2, 9, 30, 11}, 0, {0, 1}, true};
+    auto prefill = (*m)->Forward({s}, *cache);
+    EXPECT_TRUE(prefill.ok()) << prefill.status();
+    if (!prefill.ok()) return std::vector<float>{};
+    std::vector<float> all = (*prefill)[0];
+    for (int i = 0; i < 3; ++i) {  // decode steps: the captured-graph path
+      SequenceStep d{{7 + i}, 6 + i, {0, 1}, false};
+      auto step = (*m)->Forward({d}, *cache);
+      EXPECT_TRUE(step.ok()) << step.status();
+      if (!step.ok()) return std::vector<float>{};
+      all.insert(all.end(), (*step)[0].begin(), (*step)[0].end());
+    }
+    return all;
+  };
+  const std::vector<float> aliased = run(src, 2), reference = run(copied, 0), real = run(src, 0);
+  ASSERT_FALSE(aliased.empty());
+  ASSERT_EQ(aliased.size(), reference.size());
+  EXPECT_TRUE(aliased == reference) << "rel L2 " << RelL2(aliased.data(), reference.data(), aliased.size());
+  ASSERT_EQ(aliased.size(), real.size());
+  EXPECT_GT(RelL2(aliased.data(), real.data(), aliased.size()), 1e-3);
+
+  GpuModelOptions dense_only;
+  dense_only.weight_layers = 1;
+  auto refused = GpuDeepseekV3Model::Load(src, dense_only);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+}
 
 }  // namespace
 }  // namespace r1

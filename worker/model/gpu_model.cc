@@ -405,8 +405,10 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
   count(embed_);
   R1_RETURN_IF_ERROR(put_bf16("model.embed_tokens.weight", c.vocab_size, h, embed_.ptr));
   R1_RETURN_IF_ERROR(upload(RopeInverseFrequencies(c), &inv_freq_));
-  layers_.resize(c.num_hidden_layers);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+  const int64_t loaded = options_.weight_layers > 0 ? std::min(options_.weight_layers, c.num_hidden_layers)
+                                                    : c.num_hidden_layers;
+  layers_.resize(loaded);
+  for (int64_t i = 0; i < loaded; ++i) {
     Layer& L = layers_[i];
     const std::string p = absl::StrCat("model.layers.", i, ".");
     auto st = [&]() -> absl::Status {
@@ -445,6 +447,13 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
       return absl::OkStatus();
     }();
     if (!st.ok()) return Annotate(st, absl::StrCat("loading layer ", i, " to the GPU"));
+  }
+  for (int64_t i = loaded; i < c.num_hidden_layers; ++i) {
+    if (c.is_moe_layer(i) != layers_.back().is_moe) {
+      return absl::InvalidArgumentError(absl::StrCat("weight_layers ", loaded, ": layer ", i,
+                                                     " cannot run on layer ", loaded - 1,
+                                                     "'s weights (dense and MoE differ)"));
+    }
   }
   R1_RETURN_IF_ERROR(vec("model.norm.weight", h, &final_norm_));
   lm_head_.n = c.vocab_size;
@@ -621,7 +630,8 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
   R1_RETURN_IF_ERROR(AddToResidual(xf, ws_.emb.as<T>(), t * hd, stream_));
 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    Layer& L = layers_[l];
+    // Past the loaded layers (GpuModelOptions::weight_layers) the last one's weights run again.
+    const Layer& L = layers_[std::min<size_t>(static_cast<size_t>(l), layers_.size() - 1)];
     // Attention (MLA, absorbed).
     R1_RETURN_IF_ERROR(norm(L.input_norm, nullptr));
     auto* qb = ws_.q.as<T>();

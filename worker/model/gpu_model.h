@@ -114,6 +114,11 @@ struct GpuModelOptions {
   // pinned buffers and on to the device, so several disk reads and copies are in flight at once.
   int load_threads = 8;
   size_t load_piece_bytes = size_t{16} << 20;
+  // Benchmarks only: when > 0, only the checkpoint's first `weight_layers` layers are loaded and
+  // every later layer of the config runs on the last loaded layer's weights (with a cache layer of
+  // its own), so that a full-depth step at real size fits one GPU (bench_gpu_layer). The later
+  // layers must be of the last loaded layer's kind (dense or MoE).
+  int64_t weight_layers = 0;
 };
 
 class GpuDeepseekV3Model {

@@ -1,0 +1,324 @@
+// Whole R1 layers at real size through the GPU model: decode steps at 4K context and a 4K prefill.
+//   build-gpu/bench/gpu/bench_gpu_layer [--dir /tmp/r1-layer] [--ctx 4096] [--steps 10] [--keep]
+// 1. Writes (or reuses) a checkpoint of R1's first 4 layers (3 dense + 1 MoE with 256 experts,
+//    bench/gpu/r1_checkpoint.h), and beside it two configs over the same shards that stop after 3
+//    and after 1 layer (dense only), so that one MoE layer's and one dense layer's time come out as
+//    differences of whole-model steps: moe = T(4) - T(3), dense = (T(3) - T(1)) / 2, and the
+//    rest of a step (embedding, final norm, lm_head, sampling, host work) = T(1) - dense.
+// 2. For each model (GpuDeepseekV3Model, FP8 activations, CUDA graphs for decode): one prefill of
+//    `ctx` tokens into a cache of its own (timed after a warm-up), then for batch 1, 8, 64, 256 a
+//    cache with distinct blocks per sequence, each sequence's first `ctx` positions a device copy
+//    of the prefilled blocks (distinct memory, so the attention reads B x ctx real cache rows), and
+//    decode steps at position `ctx` (ForwardSample, greedy, wall time per step: what a server sees).
+// 3. Floors: bytes (weights the step touches, FP8 as stored in the checkpoint, + cache rows read)
+//    over the device-to-device copy rate measured here; flops (linear layers at the FP8 dense rate
+//    1979 TFLOP/s, attention at the bf16 rate 989 TFLOP/s). Routed experts touched by a batch of
+//    B tokens: 256 * (1 - (1 - 8/256)^B), the expectation under uniform routing (an estimate).
+// 4. A projection of the 61-layer model (3 dense + 58 MoE) from the per-layer times, and then a
+//    layer-aliased 61-layer run (GpuModelOptions::weight_layers = 4: layers 3..60 all run layer
+//    3's weights, each with its own cache layer) at batch 1 and 64 and one 4K prefill.
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/gpu/r1_checkpoint.h"
+#include "worker/model/gpu_model.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+#define CHECK_CUDA(x)                                                                  \
+  do {                                                                                 \
+    cudaError_t e_ = (x);                                                              \
+    if (e_ != cudaSuccess) {                                                           \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+template <typename T>
+T OrDie(absl::StatusOr<T> s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "error: %s: %s\n", what, std::string(s.status().message()).c_str());
+    std::exit(1);
+  }
+  return std::move(*s);
+}
+
+// Device-to-device copy of 4 GB, read + write bytes per second (as bench_gpu measures it).
+double MeasureCopyGBs() {
+  const size_t bytes = size_t{4} << 30;
+  void *src = nullptr, *dst = nullptr;
+  CHECK_CUDA(cudaMalloc(&src, bytes));
+  CHECK_CUDA(cudaMalloc(&dst, bytes));
+  for (int i = 0; i < 3; ++i) CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<float> ms(10);
+  for (float& m : ms) {
+    cudaEventRecord(a);
+    cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    cudaEventElapsedTime(&m, a, b);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaFree(src);
+  cudaFree(dst);
+  return 2.0 * bytes / (ms[5] * 1e-3) / 1e9;
+}
+
+// R1's sizes (parameters per token unless said otherwise).
+constexpr double kH = 7168, kVocab = 129280, kHeads = 128, kLatent = 576, kKvRank = 512;
+constexpr double kAttnParams = 1536 * kH + 24576 * 1536 + 576 * kH + 2 * kHeads * 128 * kKvRank + kH * 16384;
+constexpr double kDenseMlpParams = 3 * 18432 * kH;
+constexpr double kExpertParams = 3 * 2048 * kH;
+constexpr double kRouterParams = 256 * kH;
+constexpr double kFp8Rate = 1979e12, kBf16Rate = 989e12;
+
+double ExpertsTouched(double tokens) { return 256.0 * (1.0 - std::pow(1.0 - 8.0 / 256.0, tokens)); }
+
+struct Work {
+  double bytes = 0, gemm_flops = 0, attn_flops = 0;
+  Work& operator+=(const Work& o) {
+    bytes += o.bytes, gemm_flops += o.gemm_flops, attn_flops += o.attn_flops;
+    return *this;
+  }
+  Work operator*(double k) const { return {bytes * k, gemm_flops * k, attn_flops * k}; }
+  double bytes_us(double gbs) const { return bytes / (gbs * 1e3); }
+  double flops_us() const { return (gemm_flops / kFp8Rate + attn_flops / kBf16Rate) * 1e6; }
+  double floor_us(double gbs) const { return std::max(bytes_us(gbs), flops_us()); }
+};
+
+// One layer's work for a decode step of `b` sequences at context `ctx` (one new token each), or a
+// prefill of `b` tokens (prefill = true: causal attention over the chunk, expanded form's flops,
+// every routed expert touched).
+Work LayerWork(bool moe, double b, double ctx, bool prefill) {
+  Work w;
+  const double params = moe ? kAttnParams + kRouterParams + kExpertParams : kAttnParams + kDenseMlpParams;
+  // kv_b_proj's absorbed halves (w_uk, w_uv) are kv_b_proj's parameters: counted as its FP8 bytes
+  // (the checkpoint's form; the model keeps them in float32, 4x that).
+  w.bytes = kAttnParams + (moe ? 2 * kRouterParams + kExpertParams + ExpertsTouched(b) * kExpertParams : kDenseMlpParams);
+  w.gemm_flops = 2 * b * (params + (moe ? 8 * kExpertParams : 0));
+  if (prefill) {
+    w.bytes += b * kLatent * 2;                                      // cache rows written
+    w.attn_flops = 2 * kHeads * (192 + 128) * b * (b + 1) / 2;       // expanded form, causal
+  } else {
+    w.bytes += b * ctx * kLatent * 2;                                // cache rows read
+    w.attn_flops = 2 * b * kHeads * ctx * (kLatent + kKvRank);       // absorbed form
+  }
+  return w;
+}
+// Embedding rows, final norm and lm_head for the rows that need logits (bf16 lm_head).
+Work RestWork(double rows) { return {2 * kVocab * kH + rows * kH * 2, 2 * rows * kVocab * kH, 0}; }
+
+struct Timings {
+  double prefill_us = 0;
+  std::map<int, double> decode_us;  // by batch
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// weight_layers > 0: a layer-aliased model (GpuModelOptions::weight_layers). prefill_reps: timed
+// prefills after one warm-up (0: a single prefill, timed, no warm-up).
+Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batches, int steps,
+                 int64_t weight_layers = 0, int prefill_reps = 2) {
+  r1::GpuModelOptions options;
+  options.activations = r1::GpuActivations::kFp8;
+  options.weight_layers = weight_layers;
+  options.max_step_tokens = std::max(ctx, *std::max_element(batches.begin(), batches.end()));
+  auto t0 = Clock::now();
+  auto model = OrDie(r1::GpuDeepseekV3Model::Load(dir, options), "load");
+  const r1::ModelConfig& c = model->config();
+  std::printf("\n== %s: %lld layers (%lld dense)%s, %.2f GB on the device, loaded in %.1f s\n", dir.c_str(),
+              static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.first_k_dense_replace),
+              weight_layers > 0 ? absl::StrCat(", layer-aliased: layers >= ", weight_layers - 1, " run layer ",
+                                               weight_layers - 1, "'s weights").c_str() : "",
+              model->device_weight_bytes() / 1e9, Seconds(t0, Clock::now()));
+  constexpr int64_t kBlock = 64;
+  const int64_t ctx_blocks = (ctx + kBlock - 1) / kBlock, seq_blocks = (ctx + 1 + kBlock - 1) / kBlock;
+  Timings out;
+
+  // Prefill of `ctx` tokens, one sequence, one step.
+  auto pcache = OrDie(r1::GpuKvCache::Create(c, seq_blocks, kBlock), "cache");
+  r1::SequenceStep pre;
+  for (int i = 0; i < ctx; ++i) pre.tokens.push_back(static_cast<int32_t>((i * 7919 + 13) % 129280));
+  for (int64_t b = 0; b < seq_blocks; ++b) pre.block_table.push_back(static_cast<int32_t>(b));
+  const std::vector<r1::cuda::SamplingRow> one(1);
+  std::vector<double> pre_us;
+  const int warmups = prefill_reps > 0 ? 1 : 0;
+  for (int rep = 0; rep < warmups + std::max(prefill_reps, 1); ++rep) {
+    t0 = Clock::now();
+    OrDie(model->ForwardSample({pre}, pcache, one), "prefill");
+    if (rep >= warmups) pre_us.push_back(Seconds(t0, Clock::now()) * 1e6);
+  }
+  out.prefill_us = *std::min_element(pre_us.begin(), pre_us.end());
+  std::printf("prefill %d tokens: %.0f us (best of %zu%s) = %.0f tokens/s\n", ctx, out.prefill_us, pre_us.size(),
+              warmups ? " after a warm-up" : ", no warm-up", ctx / (out.prefill_us * 1e-6));
+
+  for (int b : batches) {
+    auto cache = OrDie(r1::GpuKvCache::Create(c, b * seq_blocks, kBlock), "cache");
+    // Every sequence's first ctx_blocks blocks: a copy of the prefilled ones, per layer.
+    const size_t elem = sizeof(__nv_bfloat16), block_bytes = pcache.block_stride() * elem;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const char* src = pcache.data.as<char>() + l * pcache.layer_stride() * elem;
+      for (int s = 0; s < b; ++s) {
+        char* dst = cache.data.as<char>() + (l * cache.layer_stride() + s * seq_blocks * cache.block_stride()) * elem;
+        CHECK_CUDA(cudaMemcpy(dst, src, ctx_blocks * block_bytes, cudaMemcpyDeviceToDevice));
+      }
+    }
+    std::vector<r1::SequenceStep> batch(b);
+    for (int s = 0; s < b; ++s) {
+      batch[s].tokens = {static_cast<int32_t>((s * 104729 + 5) % 129280)};
+      batch[s].start_position = ctx;
+      for (int64_t k = 0; k < seq_blocks; ++k) batch[s].block_table.push_back(static_cast<int32_t>(s * seq_blocks + k));
+    }
+    const std::vector<r1::cuda::SamplingRow> rows(b);
+    const int64_t replays0 = model->graph_replays();
+    std::vector<double> us;
+    for (int i = 0; i < steps + 2; ++i) {
+      t0 = Clock::now();
+      OrDie(model->ForwardSample(batch, cache, rows), "decode");
+      if (i >= 2) us.push_back(Seconds(t0, Clock::now()) * 1e6);
+    }
+    out.decode_us[b] = Median(us);
+    std::printf("decode batch %3d, context %d: %.0f us per step (median of %d; %lld graph replays) = %.0f tokens/s\n", b,
+                ctx, out.decode_us[b], steps, static_cast<long long>(model->graph_replays() - replays0),
+                b / (out.decode_us[b] * 1e-6));
+  }
+  return out;
+}
+
+// A config of `layers` layers over `src`'s shards (fewer: the loader reads only those; more: for a
+// layer-aliased model).
+std::string Truncated(const std::string& src, int layers) {
+  const std::string dir = src + "-" + std::to_string(layers);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  for (const auto& e : std::filesystem::directory_iterator(src)) {
+    const std::string name = e.path().filename().string();
+    if (name != "config.json") std::filesystem::create_symlink(e.path(), dir + "/" + name);
+  }
+  std::ofstream(dir + "/config.json") << r1::bench::ConfigJson(layers);
+  return dir;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir = "/tmp/r1-layer";
+  int ctx = 4096, steps = 10;
+  bool keep = false;
+  std::vector<int> batches = {1, 8, 64, 256};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--dir" && i + 1 < argc) dir = argv[++i];
+    else if (a == "--ctx" && i + 1 < argc) ctx = std::atoi(argv[++i]);
+    else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
+    else if (a == "--keep") keep = true;
+    else {
+      std::fprintf(stderr, "usage: %s [--dir D] [--ctx N] [--steps N] [--keep]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (ctx < 1 || steps < 1) return 2;
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  const double gbs = MeasureCopyGBs();
+  std::printf("%s, measured device copy rate %.0f GB/s\n", prop.name, gbs);
+
+  auto t0 = Clock::now();
+  if (std::ifstream(dir + "/config.json").good() && std::ifstream(dir + "/model.safetensors.index.json").good()) {
+    std::printf("reusing the checkpoint in %s\n", dir.c_str());
+  } else {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const r1::bench::Written w = r1::bench::WriteCheckpoint(dir, 4, cores);
+    std::printf("wrote %zu shard(s), %.2f GB, 4 layers (3 dense + 1 MoE) in %.1f s\n", w.files.size(),
+                w.data_bytes / 1e9, Seconds(t0, Clock::now()));
+  }
+  const Timings t4 = RunModel(dir, ctx, batches, steps);
+  const Timings t3 = RunModel(Truncated(dir, 3), ctx, batches, steps);
+  const Timings t1 = RunModel(Truncated(dir, 1), ctx, batches, steps);
+
+  std::printf("\nPer layer (moe = T4 - T3, dense = (T3 - T1) / 2, rest = T1 - dense); floors at %.0f GB/s,\n"
+              "FP8 %.0f / bf16 %.0f TFLOP/s; experts touched: uniform-routing expectation.\n",
+              gbs, kFp8Rate / 1e12, kBf16Rate / 1e12);
+  std::printf("| step | experts | MoE layer us | bytes floor us | flops floor us | ratio | floor/meas | dense layer us | "
+              "dense floor us | ratio | rest us | 4-layer step us | 4-layer floor us |\n");
+  auto row = [&](const char* name, double b, bool prefill, double m4, double m3, double m1) {
+    const double ctxd = prefill ? 0 : ctx;
+    const Work moe = LayerWork(true, b, ctxd, prefill), dense = LayerWork(false, b, ctxd, prefill);
+    const double moe_us = m4 - m3, dense_us = (m3 - m1) / 2, rest_us = m1 - dense_us;
+    Work all = RestWork(prefill ? 1 : b);
+    all += dense * 3;
+    all += moe;
+    std::printf("| %s | %.0f | %.0f | %.0f | %.0f | %.2f | %.0f%% | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f |\n", name,
+                prefill ? 256.0 : ExpertsTouched(b), moe_us, moe.bytes_us(gbs), moe.flops_us(), moe_us / moe.floor_us(gbs),
+                100 * moe.floor_us(gbs) / moe_us, dense_us, dense.floor_us(gbs), dense_us / dense.floor_us(gbs), rest_us,
+                m4, all.floor_us(gbs));
+    return std::array<double, 3>{moe_us, dense_us, rest_us};
+  };
+  std::map<int, std::array<double, 3>> per;
+  for (int b : batches) {
+    const std::string name = "decode B=" + std::to_string(b);
+    per[b] = row(name.c_str(), b, false, t4.decode_us.at(b), t3.decode_us.at(b), t1.decode_us.at(b));
+  }
+  const std::string pname = "prefill " + std::to_string(ctx);
+  const auto pp = row(pname.c_str(), ctx, true, t4.prefill_us, t3.prefill_us, t1.prefill_us);
+
+  std::printf("\nProjection to 61 layers (3 dense + 58 MoE; rest + 3 dense + 58 MoE from the times above; NOT a run):\n");
+  for (int b : batches) {
+    const auto& p = per[b];
+    const double us = p[2] + 3 * p[1] + 58 * p[0];
+    Work all = RestWork(b);
+    all += LayerWork(false, b, ctx, false) * 3;
+    all += LayerWork(true, b, ctx, false) * 58;
+    std::printf("  decode batch %3d: %.1f ms per step = %.0f tokens/s (floor %.1f ms = %.0f tokens/s)\n", b, us / 1e3,
+                b / (us * 1e-6), all.floor_us(gbs) / 1e3, b / (all.floor_us(gbs) * 1e-6));
+  }
+  {
+    const double us = pp[2] + 3 * pp[1] + 58 * pp[0];
+    Work all = RestWork(1);
+    all += LayerWork(false, ctx, 0, true) * 3;
+    all += LayerWork(true, ctx, 0, true) * 58;
+    std::printf("  prefill %d tokens: %.2f s = %.0f tokens/s (floor %.3f s = %.0f tokens/s)\n", ctx, us / 1e6,
+                ctx / (us * 1e-6), all.floor_us(gbs) / 1e6, ctx / (all.floor_us(gbs) * 1e-6));
+  }
+  // Full depth, layer-aliased: a 61-layer config over the same shards, layers 3..60 all running
+  // layer 3's weights (each with its own cache layer). A run, not a projection.
+  {
+    const std::vector<int> depth_batches = {1, 64};
+    const Timings t61 = RunModel(Truncated(dir, 61), ctx, depth_batches, steps, /*weight_layers=*/4, /*prefill_reps=*/0);
+    std::printf("\nFull depth, layer-aliased 61-layer run (3 dense + 58 MoE on one MoE layer's weights):\n");
+    for (int b : depth_batches) {
+      std::printf("  decode batch %3d, context %d: %.1f ms per step = %.0f tokens/s (projection above: %.1f ms)\n", b, ctx,
+                  t61.decode_us.at(b) / 1e3, b / (t61.decode_us.at(b) * 1e-6),
+                  (per[b][2] + 3 * per[b][1] + 58 * per[b][0]) / 1e3);
+    }
+    std::printf("  prefill %d tokens: %.2f s = %.0f tokens/s\n", ctx, t61.prefill_us / 1e6, ctx / (t61.prefill_us * 1e-6));
+  }
+  if (!keep) {
+    std::filesystem::remove_all(dir + "-61");
+    std::filesystem::remove_all(dir + "-3");
+    std::filesystem::remove_all(dir + "-1");
+    std::filesystem::remove_all(dir);
+  }
+  return 0;
+}
