@@ -193,6 +193,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
         R1_ASSIGN_OR_RETURN(c.rope_theta, rr.Num("rope_theta", c.rope_theta));
       }
       c.yarn = y;
+      // mscale and mscale_all_dim enter the attention as 0.1·m·ln(factor) + 1 (squared in the
+      // softmax scale, as a ratio in the RoPE factor): values that make either zero, negative or
+      // infinite would give a model of NaNs rather than an error here.
+      const double softmax_scale = c.softmax_scale(), rope_factor = c.rope_attention_factor();
+      if (!(std::isfinite(softmax_scale) && softmax_scale > 0 && std::isfinite(rope_factor) &&
+            rope_factor > 0)) {
+        return rr.Error("mscale", absl::StrCat("mscale ", y.mscale, " and mscale_all_dim ",
+                                               y.mscale_all_dim, " with factor ", y.factor,
+                                               " give softmax scale ", softmax_scale,
+                                               " and RoPE attention factor ", rope_factor,
+                                               "; both must be positive and finite"));
+      }
     } else if (type == "default" || type.empty()) {
       if (rs.contains("rope_theta")) {
         R1_ASSIGN_OR_RETURN(c.rope_theta, rr.Num("rope_theta", c.rope_theta));
@@ -200,6 +212,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
     } else {
       return r.Error(rope_field, absl::StrCat("type '", type, "' is not supported (supported: yarn, or null)"));
     }
+  }
+
+  // The RoPE base: a non-positive one turns the inverse frequencies into inf / NaN.
+  if (!(c.rope_theta > 0)) {
+    return r.Error("rope_theta", absl::StrCat("must be positive, got ", c.rope_theta));
   }
 
   if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {

@@ -100,19 +100,31 @@ uint8_t FloatToFp8E4M3(float f) {
   return sign | static_cast<uint8_t>(best);
 }
 
+namespace {
+
+uint16_t LoadU16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+}  // namespace
+
 void ConvertToFloat(DType dtype, const void* src, size_t count, float* dst) {
   switch (dtype) {
     case DType::kF32:
       std::memcpy(dst, src, count * sizeof(float));
       return;
+    // A tensor in a safetensors file starts at any byte offset, so 16-bit elements are read
+    // with memcpy (an unaligned load) rather than through a uint16_t pointer (undefined).
     case DType::kBF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < count; ++i) dst[i] = Bf16ToFloat(s[i]);
+      const auto* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < count; ++i) dst[i] = Bf16ToFloat(LoadU16(s + 2 * i));
       return;
     }
     case DType::kF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < count; ++i) dst[i] = F16ToFloat(s[i]);
+      const auto* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < count; ++i) dst[i] = F16ToFloat(LoadU16(s + 2 * i));
       return;
     }
     case DType::kF8E4M3: {

@@ -9,7 +9,8 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(cmake ninja-build g++ pkg-config git
           libabsl-dev libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
           libopenmpi-dev openmpi-bin libgloo-dev libicu-dev nlohmann-json3-dev libgtest-dev libgmock-dev libcli11-dev
-          libboost-dev)
+          libboost-dev
+          clang libclang-rt-dev llvm)  # libFuzzer + sanitizer runtimes, llvm-symbolizer (fuzz.sh)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -100,6 +100,11 @@ absl::StatusOr<uint64_t> WorkerPool::Register(const pb::Register& r, std::shared
                                "): this coordinator runs --workers ", world));
   }
   if (!r.model_error().empty()) return refuse(absl::StrCat("rank ", rank, " ", who, ": ", r.model_error()));
+  if (slots_[rank].link && slots_[rank].info.hostname() == r.hostname() && slots_[rank].info.pid() == r.pid()) {
+    // The same process dialling again: its side of the old stream died (a cut link, seen by its
+    // keepalive) before this side noticed. The old stream is stale; the new one replaces it.
+    LoseRankLocked(rank, absl::StrCat("worker rank ", rank, " reconnected ", who, " (its old stream is stale)"));
+  }
   if (slots_[rank].link) {
     const pb::Register& old = slots_[rank].info;
     return refuse(absl::StrCat("rank ", rank, " is already connected (host ", old.hostname(), ", pid ", old.pid(),
@@ -110,9 +115,10 @@ absl::StatusOr<uint64_t> WorkerPool::Register(const pb::Register& r, std::shared
     const Slot& other = slots_[q];
     if (!other.link) continue;
     if (other.info.config_fingerprint() != r.config_fingerprint()) {
-      return refuse(absl::StrCat("rank ", rank, " has a different checkpoint (", r.model_path(), ": config.json ",
+      // The fingerprint covers config.json and samples of every shard (CheckpointFingerprint).
+      return refuse(absl::StrCat("rank ", rank, " has a different checkpoint (", r.model_path(), ": fingerprint ",
                                  r.config_fingerprint(), ") than rank ", q, " (", other.info.model_path(),
-                                 ": config.json ", other.info.config_fingerprint(), ")"));
+                                 ": fingerprint ", other.info.config_fingerprint(), ")"));
     }
     if (other.info.launcher() != r.launcher()) {
       return refuse(absl::StrCat("rank ", rank, " was launched by ", r.launcher(), " but rank ", q, " by ",

@@ -14,6 +14,14 @@
 //
 // Run through ctest (-DR1_LOAD_TESTS=ON; tests/load/README.md) or by hand with R1_TEST_SERVER=r1,
 // R1_TEST_SERVER_ARGS=serve, R1_TEST_MODEL=<make-tiny folder>. Exit code 0: every check passed.
+//
+// Against a server already running (the soak on the simulated cluster, tests/cluster): R1_LOAD_URL
+// (its base URL) and R1_LOAD_PID (the process whose RSS is sampled); the server is left running.
+// R1_LOAD_FAULTS=1 when faults are injected meanwhile: a failed request is counted with its reason
+// instead of failing the run, but every token it delivered must still be its reference's (so lost
+// or duplicated tokens stay 0); a client waits R1_LOAD_ERROR_BACKOFF_MS after a failure. A line
+// "measuring N s" marks the start of the measured window, and the last line, LOAD_RESULT {...},
+// carries the figures as JSON.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -26,6 +34,9 @@ const DISCONNECT = Number(process.env.R1_LOAD_DISCONNECT || 100);
 const RSS_TOLERANCE = Number(process.env.R1_LOAD_RSS_TOLERANCE || 0.1);
 const RETURN_S = Number(process.env.R1_LOAD_RETURN_S || 5);
 const MAX_TOKENS = Number(process.env.R1_LOAD_MAX_TOKENS || 24);
+const EXTERNAL_URL = process.env.R1_LOAD_URL || "";
+const FAULTS = process.env.R1_LOAD_FAULTS === "1";
+const ERROR_BACKOFF_MS = Number(process.env.R1_LOAD_ERROR_BACKOFF_MS || 0);
 const DISTINCT = 20;  // distinct requests: prompt i % 10 x seed i % 20
 
 const failures = [];
@@ -98,7 +109,7 @@ async function stream(url, body, { signal, onChunk } = {}) {
       if (!e.startsWith("data: ")) continue;
       if (e === "data: [DONE]") { done = true; continue; }
       const j = JSON.parse(e.slice(6));
-      if (j.error) return { status: 200, error: JSON.stringify(j.error) };
+      if (j.error) return { status: 200, error: JSON.stringify(j.error), tokens };
       if (j.usage) usage = j.usage;
       const c = j.choices?.[0];
       if (!c) continue;
@@ -114,10 +125,13 @@ async function stream(url, body, { signal, onChunk } = {}) {
 }
 
 async function main() {
-  const s = await startServer(["--max-context", "1024", "--served-model-name", "tiny-r1",
-                               "--max-queued-requests", String(CLIENTS + DISCONNECT + 64)]);
+  const s = EXTERNAL_URL
+    ? { url: EXTERNAL_URL, proc: { pid: Number(process.env.R1_LOAD_PID) }, stop: async () => 0 }
+    : await startServer(["--max-context", "1024", "--served-model-name", "tiny-r1",
+                         "--max-queued-requests", String(CLIENTS + DISCONNECT + 64)]);
   const pid = s.proc.pid;
   const url = s.url;
+  const figures = {};
   try {
     const rssStart = rssMiB(pid);
     const model = "tiny-r1";
@@ -135,7 +149,8 @@ async function main() {
     console.log(`${DISTINCT} references: ${ref[0].tokens.length} tokens each (max_tokens ${MAX_TOKENS}); RSS ${rssStart.toFixed(1)} MiB at start`);
 
     // 2. The loop.
-    const stats = { done: 0, errors: 0, status: {}, mismatched: 0, lost: 0, duplicated: 0, tokens: 0, firstErrors: [] };
+    const stats = { done: 0, errors: 0, status: {}, reasons: {}, mismatched: 0, lost: 0, duplicated: 0, tokens: 0,
+                    firstErrors: [] };
     let measuring = false, stop = false, warmedClients = 0;
     const latencies = [];
     const client = async (c) => {
@@ -152,7 +167,20 @@ async function main() {
         if (r.error) {
           stats.errors += 1;
           stats.status[r.status] = (stats.status[r.status] || 0) + 1;
+          // The reason without the numbers that differ from one failure to the next.
+          const reason = `${r.status} ${r.error}`.replace(/\d+(\.\d+)?/g, "N").slice(0, 200);
+          stats.reasons[reason] = (stats.reasons[reason] || 0) + 1;
           if (stats.firstErrors.length < 5) stats.firstErrors.push(`${r.status} ${r.error}`.slice(0, 300));
+          // Whatever it delivered before failing must be its reference's first tokens.
+          const want = ref[i % DISTINCT];
+          const got = r.tokens || [];
+          const prefix = got.length <= want.tokens.length && got.every((t, n) => t === want.tokens[n]);
+          if (!prefix) {
+            stats.mismatched += 1;
+            stats.duplicated += Math.max(0, got.length - want.tokens.length);
+            if (stats.firstErrors.length < 5) stats.firstErrors.push(`wrong tokens before a failure: ${JSON.stringify(got)}`);
+          }
+          if (ERROR_BACKOFF_MS) await new Promise((res) => setTimeout(res, ERROR_BACKOFF_MS));
           continue;
         }
         if (k === 0) warmedClients += 1;
@@ -180,10 +208,12 @@ async function main() {
     const sampler = setInterval(() => rssSamples.push(rssMiB(pid)), 1000);
     await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
     while (warmedClients < CLIENTS && stats.errors === 0) await new Promise((r) => setTimeout(r, 100));
+    const errorsBefore = stats.errors;
     const warmupS = (performance.now() - tStart) / 1000;
     const rssWarm = rssMiB(pid);
     const m0 = await metrics(url);
     measuring = true;
+    console.log(`measuring ${SECONDS} s`);
     const tMeasure = performance.now();
     await new Promise((r) => setTimeout(r, SECONDS * 1000));
     stop = true;
@@ -198,7 +228,15 @@ async function main() {
     console.log(`  errors ${stats.errors} ${JSON.stringify(stats.status)}; streams differing from their reference ${stats.mismatched}; tokens lost ${stats.lost}, duplicated ${stats.duplicated}`);
     for (const e of stats.firstErrors) console.log(`    ${e}`);
     check(stats.done > 0, "requests completed");
-    check(stats.errors === 0, "no errors (no 429: the queue holds every client)");
+    if (FAULTS) {
+      console.log(`  failures by reason (faults injected): ${JSON.stringify(stats.reasons)}`);
+      check(errorsBefore === 0, "no errors before the faults (no 429: the queue holds every client)");
+    } else {
+      check(stats.errors === 0, "no errors (no 429: the queue holds every client)");
+    }
+    Object.assign(figures, { clients: CLIENTS, measured_s: +measured.toFixed(1), served: stats.done,
+                             tokens: stats.tokens, failed: stats.errors, failed_by_reason: stats.reasons,
+                             mismatched: stats.mismatched, tokens_lost: stats.lost, tokens_duplicated: stats.duplicated });
     check(stats.mismatched === 0 && stats.lost === 0 && stats.duplicated === 0, "every stream equals its reference: no token lost or duplicated");
 
     // 3, 4. Blocks back to 0, memory flat.
@@ -207,6 +245,8 @@ async function main() {
     const rssMax = Math.max(...rssSamples, rssEnd);
     console.log(`  RSS start ${rssStart.toFixed(1)} MiB, after warm-up ${rssWarm.toFixed(1)} MiB, end ${rssEnd.toFixed(1)} MiB (peak ${rssMax.toFixed(1)} MiB); tolerance ${(RSS_TOLERANCE * 100).toFixed(0)} % over the after-warm-up figure`);
     check(rssEnd <= rssWarm * (1 + RSS_TOLERANCE), "memory flat after warm-up");
+    Object.assign(figures, { rss_start_mib: +rssStart.toFixed(1), rss_warm_mib: +rssWarm.toFixed(1),
+                             rss_end_mib: +rssEnd.toFixed(1), rss_peak_mib: +rssMax.toFixed(1) });
     console.log(`  KV blocks used after the load: 0 after ${returned === null ? "-" : returned.toFixed(2)} s (total ${m1.blocksTotal})`);
     check(returned !== null, "every KV block returned after the load");
 
@@ -235,8 +275,11 @@ async function main() {
     check(cancels === DISCONNECT, "each disconnect cancelled its request");
     check((await fetch(`${url}/health`)).status === 200, "server healthy");
   } finally {
-    const code = await s.stop();
-    check(code === 0, "server drained and exited 0");
+    if (!EXTERNAL_URL) {
+      const code = await s.stop();
+      check(code === 0, "server drained and exited 0");
+    }
+    console.log(`LOAD_RESULT ${JSON.stringify({ ...figures, failed_checks: failures })}`);
   }
   if (failures.length) {
     console.log(`${failures.length} check(s) failed`);

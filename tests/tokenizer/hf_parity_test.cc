@@ -126,7 +126,8 @@ TEST(HfParity, PlainModeNeverMakesControlTokens) {
 TEST(RoundTrip, DecodeOfEncodeIsIdentity) {
   std::vector<std::string> texts;
   for (const Json& e : Reference()["models"]["v3"]["corpus"]) texts.push_back(e["text"]);
-  texts.push_back(std::string("invalid \xFF\xFE utf-8 \xE4\xB8 bytes\xC0", 28));  // raw bytes too
+  constexpr char kInvalid[] = "invalid \xFF\xFE utf-8 \xE4\xB8 bytes\xC0";  // raw bytes too
+  texts.push_back(std::string(kInvalid, sizeof(kInvalid) - 1));
   for (const std::string& m : kModels) {
     for (const std::string& text : texts) {
       for (bool special : {false, true}) {

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -34,6 +35,14 @@ namespace {
 
 namespace pb = worker::v1;
 using Clock = std::chrono::steady_clock;
+
+// The protocol this build speaks. Normally the proto's; tests/cluster compiles a second r1-worker
+// with another number, to show what a coordinator does with a worker of another release.
+#ifdef R1_WORKER_PROTOCOL_VERSION
+constexpr uint32_t kProtocolVersion = R1_WORKER_PROTOCOL_VERSION;
+#else
+constexpr uint32_t kProtocolVersion = pb::PROTOCOL_VERSION;
+#endif
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -118,11 +127,61 @@ class WorkerRuntimeImpl : public WorkerRuntime {
   };
 
   absl::Status Serve() {
-    R1_RETURN_IF_ERROR(Connect());
-    R1_ASSIGN_OR_RETURN(pb::Accepted accepted, Register());
-    rank_ = accepted.rank();
-    world_size_ = accepted.world_size();
+    absl::Status connected = Connect(options_.connect_timeout);
+    if (!connected.ok()) return StopRequested() ? absl::OkStatus() : connected;
+    absl::StatusOr<pb::Accepted> accepted = Register(options_.rank, options_.world_size);
+    if (!accepted.ok()) return StopRequested() ? absl::OkStatus() : accepted.status();
+    rank_ = accepted->rank();
+    world_size_ = accepted->world_size();
     R1_LOG(INFO) << "registered with " << options_.coordinator << " as rank " << rank_ << " of " << world_size_;
+    while (true) {
+      const absl::Status lost = ServeStream();
+      if (lost.ok()) return lost;
+      // The coordinator died or the network cut us off. The weights (the expensive part) stay;
+      // the communicator goes, since the group it belonged to is gone with the coordinator's view
+      // of it. The same rank registers again, with whichever coordinator answers at the address.
+      const auto lost_at = Clock::now();
+      R1_LOG(WARNING) << lost.message() << "; keeping the weights and registering again as rank " << rank_
+                      << " (for up to " << options_.reconnect_timeout.count() / 1000.0 << " s)";
+      EndStream();
+      DropCommunicator();
+      rngs_.clear();
+      absl::Status back = Rejoin(lost_at + options_.reconnect_timeout);
+      if (StopRequested()) {
+        R1_LOG(INFO) << "stopping (signal)";
+        return absl::OkStatus();
+      }
+      if (!back.ok()) {
+        return absl::Status(back.code(), absl::StrCat(lost.message(), "; registering again: ", back.message()));
+      }
+      R1_LOG(INFO) << "registered again with " << options_.coordinator << " as rank " << rank_ << " of "
+                   << world_size_ << ", " << SecondsSince(lost_at) << " s after losing it";
+    }
+  }
+
+  // Connects and registers again as rank_ until `deadline`. A coordinator that is still starting
+  // or a link that drops again is retried; a refusal (another process holds the rank, another
+  // world size) is final.
+  absl::Status Rejoin(Clock::time_point deadline) {
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      absl::Status s = Connect(std::max(left, std::chrono::milliseconds(0)));
+      if (s.ok()) s = Register(rank_, world_size_).status();
+      if (s.ok() || StopRequested()) return s;
+      if (!absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s)) return s;  // refused: final
+      if (Clock::now() >= deadline) {
+        return absl::UnavailableError(absl::StrCat("the coordinator at ", options_.coordinator,
+                                                   " did not come back within ",
+                                                   options_.reconnect_timeout.count() / 1000.0, " s: ", s.message()));
+      }
+      R1_LOG(WARNING) << "registering again: " << s.message() << "; retrying";
+      EndStream();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  // Serves one stream until Shutdown or Stop() (OK) or until the stream ends (UNAVAILABLE).
+  absl::Status ServeStream() {
     heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
     while (true) {
       std::optional<Event> ev = NextEvent();
@@ -158,34 +217,49 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     }
   }
 
-  absl::Status Connect() {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 256 << 20);
-    // A worker may start before the coordinator: retry the connection often, not with gRPC's
-    // default backoff (1 s growing to 120 s).
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    channel_ = grpc::CreateCustomChannel(options_.coordinator, grpc::InsecureChannelCredentials(), args);
-    if (!channel_->WaitForConnected(std::chrono::system_clock::now() + options_.connect_timeout)) {
+  // Opens the stream to the coordinator, waiting up to `timeout` for it to be reachable (it may
+  // start after this worker, or be restarting).
+  absl::Status Connect(std::chrono::milliseconds timeout) {
+    if (!channel_) {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options_.keepalive_time.count()));
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(options_.keepalive_timeout.count()));
+      args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 256 << 20);
+      // A worker may start before the coordinator, or outlive one: retry the connection often,
+      // not with gRPC's default backoff (1 s growing to 120 s).
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+      channel_ = grpc::CreateCustomChannel(options_.coordinator, grpc::InsecureChannelCredentials(), args);
+      stub_ = pb::WorkerControl::NewStub(channel_);
+    }
+    // In slices, so that Stop() is heard while the coordinator is away.
+    const auto deadline = Clock::now() + timeout;
+    bool connected = false;
+    while (!connected && !StopRequested() && Clock::now() < deadline) {
+      const auto until = std::min(deadline, Clock::now() + std::chrono::milliseconds(500));
+      connected = channel_->WaitForConnected(std::chrono::system_clock::now() + (until - Clock::now()));
+    }
+    if (!connected) {
+      if (StopRequested()) return absl::CancelledError("stopping (signal)");
       return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", options_.coordinator, " within ",
-                                                 options_.connect_timeout.count() / 1000.0,
+                                                 timeout.count() / 1000.0,
                                                  " s: is r1-coordinator running there, and is the address right?"));
     }
-    stub_ = pb::WorkerControl::NewStub(channel_);
-    stream_ = stub_->Connect(&ctx_);
+    ctx_ = std::make_unique<grpc::ClientContext>();
+    stream_closed_ = false;
+    stream_ = stub_->Connect(ctx_.get());
     reader_thread_ = std::thread([this] { ReadLoop(); });
     return absl::OkStatus();
   }
 
-  absl::StatusOr<pb::Accepted> Register() {
+  // Registers as `rank` of `world_size` (-1 and 0: the coordinator's choice).
+  absl::StatusOr<pb::Accepted> Register(int rank, int world_size) {
     pb::WorkerMessage m;
     pb::Register* r = m.mutable_register_();
-    r->set_protocol_version(pb::PROTOCOL_VERSION);
-    r->set_rank(options_.rank);
-    r->set_world_size(options_.world_size);
+    r->set_protocol_version(kProtocolVersion);
+    r->set_rank(rank);
+    r->set_world_size(world_size);
     r->set_model_path(options_.model_dir);
     r->set_launcher(options_.mpi ? "mpi" : "registration");
     char host[256] = {};
@@ -193,21 +267,23 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     r->set_hostname(host);
     r->set_pid(getpid());
     // A model this rank cannot use is reported to the coordinator too, so the operator sees it
-    // there and not only in this rank's log.
-    auto fingerprint = ConfigFingerprint(options_.model_dir);
-    absl::Status model_ok = fingerprint.status();
-    if (fingerprint.ok()) {
-      r->set_config_fingerprint(*fingerprint);
+    // there and not only in this rank's log. The fingerprint is taken once: it describes the
+    // checkpoint this process loads, also when it registers again.
+    if (!fingerprint_) fingerprint_ = CheckpointFingerprint(options_.model_dir);
+    absl::Status model_ok = fingerprint_->status();
+    if (fingerprint_->ok()) {
+      r->set_config_fingerprint(**fingerprint_);
       auto config = LoadModelConfig(options_.model_dir);
       model_ok = config.status();
-      if (config.ok() && options_.world_size > 0) model_ok = DeepseekV3Model::CheckLayout(*config, options_.world_size);
+      if (config.ok() && world_size > 0) model_ok = DeepseekV3Model::CheckLayout(*config, world_size);
     }
     if (!model_ok.ok()) r->set_model_error(absl::StrCat("--model ", options_.model_dir, ": ", model_ok.message()));
     if (!Send(m)) return absl::UnavailableError(absl::StrCat("the coordinator at ", options_.coordinator,
                                                              " closed the stream before registration"));
     std::optional<Event> ev = NextEvent(Clock::now() + options_.register_timeout);
     if (!ev) {
-      ctx_.TryCancel();
+      if (StopRequested()) return absl::CancelledError("stopping (signal)");
+      ctx_->TryCancel();
       return absl::DeadlineExceededError(absl::StrCat(options_.coordinator, " did not answer the registration within ",
                                                       options_.register_timeout.count() / 1000.0,
                                                       " s: is it an r1-coordinator?"));
@@ -341,6 +417,7 @@ class WorkerRuntimeImpl : public WorkerRuntime {
   }
 
   void HandleStep(const pb::Step& step) {
+    SetInStep(true);
     const auto t0 = Clock::now();
     pb::WorkerMessage m;
     pb::StepResult* result = m.mutable_step_result();
@@ -353,6 +430,13 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     }
     result->set_seconds(SecondsSince(t0));
     Send(m);
+    SetInStep(false);
+  }
+
+  void SetInStep(bool in_step) {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_step_ = in_step;
+    cv_.notify_all();
   }
 
   absl::Status RunStep(const pb::Step& step, pb::StepResult* result) {
@@ -420,17 +504,28 @@ class WorkerRuntimeImpl : public WorkerRuntime {
       stream_closed_ = true;
       status = stream_->Finish();
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     events_.push_back({std::nullopt, status});
     cv_.notify_all();
+    if (options_.mpi && in_step_ && !stop_heartbeat_) {
+      // The coordinator went away during a step. If some rank never received that step, this
+      // rank waits in an MPI collective for it forever; only ending the job frees the others.
+      if (!cv_.wait_for(lock, options_.stuck_step_timeout, [&] { return !in_step_ || stop_heartbeat_; })) {
+        R1_LOG(ERROR) << "lost the coordinator at " << options_.coordinator << " during a step that is still running "
+                      << options_.stuck_step_timeout.count() / 1000.0
+                      << " s later (stuck in an MPI collective): exiting so that mpirun ends the job";
+        std::fflush(stderr);
+        std::_Exit(1);
+      }
+    }
   }
 
   void HeartbeatLoop() {
     int64_t seq = 0;
     std::unique_lock<std::mutex> lock(mu_);
-    while (!stop_threads_) {
-      cv_.wait_for(lock, options_.heartbeat_interval, [&] { return stop_threads_; });
-      if (stop_threads_) break;
+    while (!stop_heartbeat_) {
+      cv_.wait_for(lock, options_.heartbeat_interval, [&] { return stop_heartbeat_; });
+      if (stop_heartbeat_) break;
       lock.unlock();
       pb::WorkerMessage m;
       m.mutable_heartbeat()->set_sequence(++seq);
@@ -438,6 +533,11 @@ class WorkerRuntimeImpl : public WorkerRuntime {
       lock.lock();
       if (!ok) break;
     }
+  }
+
+  bool StopRequested() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_requested_;
   }
 
   // The next event, or nullopt on Stop() or at `deadline`.
@@ -455,10 +555,11 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     return ev;
   }
 
-  void StopThreads() {
+  // Ends the current stream: stops its heartbeat and reader threads. The channel stays.
+  void EndStream() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stop_threads_ = true;
+      stop_heartbeat_ = true;
       cv_.notify_all();
     }
     if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
@@ -468,9 +569,18 @@ class WorkerRuntimeImpl : public WorkerRuntime {
         std::lock_guard<std::mutex> lock(write_mu_);
         if (!stream_closed_) stream_->WritesDone();
       }
-      ctx_.TryCancel();
+      ctx_->TryCancel();
       reader_thread_.join();
     }
+    stream_.reset();
+    ctx_.reset();
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.clear();  // the end of the old stream, already acted on
+    stop_heartbeat_ = false;
+  }
+
+  void StopThreads() {
+    EndStream();
     // Collectives may reference the model's communicator: drop the model first.
     model_.reset();
     comm_.reset();
@@ -481,9 +591,10 @@ class WorkerRuntimeImpl : public WorkerRuntime {
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::WorkerControl::Stub> stub_;
-  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientContext> ctx_;  // one per stream: a context serves a single call
   std::unique_ptr<grpc::ClientReaderWriter<pb::WorkerMessage, pb::CoordinatorMessage>> stream_;
   std::thread reader_thread_, heartbeat_thread_;
+  std::optional<absl::StatusOr<std::string>> fingerprint_;  // of options_.model_dir, taken at the first Register
 
   std::mutex write_mu_;  // one Write at a time; guards stream_closed_
   bool stream_closed_ = false;
@@ -491,7 +602,8 @@ class WorkerRuntimeImpl : public WorkerRuntime {
   std::mutex mu_;  // guards events_ and the flags below
   std::condition_variable cv_;
   std::deque<Event> events_;
-  bool stop_requested_ = false, stop_threads_ = false;
+  bool stop_requested_ = false, stop_heartbeat_ = false;
+  bool in_step_ = false;  // the main thread is running a step
 
   // Main-thread state.
   std::unique_ptr<SwappableCommunicator> comm_;
@@ -504,19 +616,74 @@ class WorkerRuntimeImpl : public WorkerRuntime {
 
 }  // namespace
 
-absl::StatusOr<std::string> ConfigFingerprint(const std::string& model_dir) {
-  const std::string path = model_dir + "/config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (no such checkpoint folder?)"));
+namespace {
+
+// FNV-1a 64 over the bytes it is fed, in order.
+class Fnv1a64 {
+ public:
+  void Add(const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) {
+      h_ ^= p[i];
+      h_ *= 1099511628211ull;
+    }
+  }
+  void Add(const std::string& s) { Add(s.data(), s.size()); }
+  uint64_t value() const { return h_; }
+
+ private:
+  uint64_t h_ = 1469598103934665603ull;
+};
+
+// `n` bytes at `offset` of `in` (fewer at the end of the file).
+std::string ReadAt(std::ifstream& in, uint64_t offset, uint64_t n) {
+  std::string bytes(n, '\0');
+  in.clear();
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(bytes.data(), static_cast<std::streamsize>(n));
+  bytes.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  return bytes;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> CheckpointFingerprint(const std::string& model_dir) {
+  const std::string config = model_dir + "/config.json";
+  std::ifstream in(config, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(config, ": cannot open (no such checkpoint folder?)"));
   std::ostringstream bytes;
   bytes << in.rdbuf();
-  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
-  for (unsigned char ch : bytes.str()) {
-    h ^= ch;
-    h *= 1099511628211ull;
+  Fnv1a64 h;
+  h.Add(bytes.str());
+  std::vector<std::filesystem::path> shards;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(model_dir, ec)) {
+    if (entry.path().extension() == ".safetensors" && entry.is_regular_file(ec)) shards.push_back(entry.path());
+  }
+  if (ec) return absl::InternalError(absl::StrCat(model_dir, ": cannot list the folder: ", ec.message()));
+  std::sort(shards.begin(), shards.end());
+  constexpr uint64_t kSample = 64 << 10;
+  constexpr uint64_t kMaxHeader = 100 << 20;  // safetensors' own limit on the JSON header
+  for (const auto& path : shards) {
+    std::ifstream shard(path, std::ios::binary);
+    const uint64_t size = std::filesystem::file_size(path, ec);
+    if (!shard || ec) return absl::InternalError(absl::StrCat(path.string(), ": cannot read"));
+    // Layout: u64 little-endian header length, the JSON header, then the tensor data.
+    std::string length_bytes = ReadAt(shard, 0, 8);
+    uint64_t header = 0;
+    for (size_t i = 0; i < length_bytes.size(); ++i) {
+      header |= uint64_t{static_cast<unsigned char>(length_bytes[i])} << (8 * i);
+    }
+    header = std::min({header, kMaxHeader, size});
+    const uint64_t data = std::min(size, 8 + header);
+    h.Add(path.filename().string());
+    h.Add(&size, sizeof size);
+    h.Add(ReadAt(shard, 0, data));
+    h.Add(ReadAt(shard, data, kSample));
+    h.Add(ReadAt(shard, size - std::min(size - data, kSample), kSample));
   }
   char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h.value()));
   return absl::StrCat("fnv1a64:", hex);
 }
 
