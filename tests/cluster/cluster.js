@@ -5,7 +5,8 @@
 // hosts. run.sh builds the network, starts this file inside host `cli`, and removes everything
 // afterwards.
 //
-//   node cluster.js registration|mpirun|kill9|sigstop|coordinator-restart|link-cut|netem|checkpoint|version|soak
+//   node cluster.js registration|mpirun|kill9|sigstop|coordinator-restart|link-cut|link-flap|netem|
+//                   checkpoint|version|soak
 //
 // Every fault is checked against the expected outcome: the request in flight either fails with a
 // clear error or completes, and every token it delivered equals the reference's (never a wrong
