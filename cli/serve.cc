@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "CLI/CLI.hpp"
+#include "common/memory.h"
 #include "common/status.h"
 
 namespace r1 {
@@ -81,6 +82,7 @@ absl::Status RunServeCommand(ServeCommandOptions o) {
   o.engine.kv_memory_bytes = static_cast<int64_t>(o.kv_memory_gb * (1ll << 30));
   o.serve.max_body_bytes = static_cast<size_t>(o.max_body_mb * (1 << 20));
   o.serve.drain_timeout_ms = static_cast<int64_t>(o.drain_timeout_s * 1000);
+  r1::MemoryTrimmer memory_trimmer;  // bounded malloc arenas, free pages handed back (common/memory.h)
   std::fprintf(stderr, "loading %s%s ...\n", o.engine.model_dir.c_str(), o.gpu ? " onto GPU 0" : "");
   if (o.gpu) {
 #ifdef R1_WITH_GPU

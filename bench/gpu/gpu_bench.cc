@@ -45,6 +45,61 @@ void* Alloc(size_t bytes, int fill = 0) {
   return p;
 }
 
+// Random finite e4m3 codes (bit 6 clear: no NaN, |v| < 2): products are timed on varied data, not
+// on constants (tensor cores run measurably faster on zeros and repeated values).
+void* AllocFp8Random(size_t bytes, uint32_t seed) {
+  void* p = Alloc(bytes);
+  std::vector<uint8_t> pat(std::min<size_t>(bytes, size_t{16} << 20));
+  std::mt19937 rng(seed);
+  for (auto& b : pat) b = static_cast<uint8_t>(rng()) & 0xbf;
+  for (size_t off = 0; off < bytes; off += pat.size())
+    CHECK_CUDA(cudaMemcpy(static_cast<char*>(p) + off, pat.data(), std::min(bytes - off, pat.size()), cudaMemcpyHostToDevice));
+  return p;
+}
+void* AllocF32Const(size_t n, float v) {
+  std::vector<float> h(std::max<size_t>(n, 4), v);
+  void* p = Alloc(h.size() * 4);
+  CHECK_CUDA(cudaMemcpy(p, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+  return p;
+}
+
+// Median µs of one f(stream) on the device alone: f captured 10 times into a CUDA graph, the graph
+// replayed (launch gaps and host work such as cuBLASLt's algorithm query left out, as in the
+// model's captured decode steps), time per replay / 10.
+template <typename F>
+double GraphTimeUs(F&& f, int reps = 20) {
+  cudaStream_t s;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  f(s);  // outside the capture once: handle and heuristic set-up
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < 10; ++i) f(s);
+  CHECK_CUDA(cudaStreamEndCapture(s, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(cudaGraphLaunch(exec, s));
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<float> ms(reps);
+  for (float& m : ms) {
+    cudaEventRecord(a, s);
+    cudaGraphLaunch(exec, s);
+    cudaEventRecord(b, s);
+    cudaEventSynchronize(b);
+    cudaEventElapsedTime(&m, a, b);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2] * 1e3 / 10;
+}
+
 // Median µs of `reps` launches of f after warm-up, timed with events.
 template <typename F>
 double TimeUs(F&& f, int reps = 20) {
@@ -222,16 +277,21 @@ int main(int argc, char** argv) {
                             {"kv_b_proj", 32768, 512}, {"o_proj", 7168, 16384},   {"expert gate/up", 2048, 7168},
                             {"expert down", 7168, 2048}};
     std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 64, 4096} : std::vector<int64_t>{1, 8, 64, 256, 4096};
-    std::printf("FP8 GEMM (cuBLASLt block-scaled, 1x128 activation / 128x128 weight scales)\n");
+    std::printf("FP8 GEMM (cuBLASLt block-scaled, 1x128 activation / 128x128 weight scales; random codes; device "
+                "time per product from CUDA-graph replays)\n");
     for (const Shape& s : shapes) {
       for (int64_t m : ms) {
         const int64_t mp = r1::cuda::Fp8PaddedRows(m), kb = (s.k + 127) / 128, stride = r1::cuda::Fp8ScaleStride(s.k);
-        auto* x = static_cast<__nv_fp8_e4m3*>(Alloc(mp * s.k, 0x38));
-        auto* xs = static_cast<float*>(Alloc(mp * kb * 4));
-        auto* w = static_cast<__nv_fp8_e4m3*>(Alloc(s.n * s.k, 0x38));
-        auto* ws = static_cast<float*>(Alloc(((s.n + 127) / 128) * stride * 4));
+        auto* x = static_cast<__nv_fp8_e4m3*>(AllocFp8Random(mp * s.k, 3));
+        auto* xs = static_cast<float*>(AllocF32Const(mp * kb, 0.01f));
+        auto* w = static_cast<__nv_fp8_e4m3*>(AllocFp8Random(s.n * s.k, 5));
+        auto* ws = static_cast<float*>(AllocF32Const(((s.n + 127) / 128) * stride, 0.01f));
         auto* y = static_cast<__nv_bfloat16*>(Alloc(mp * s.n * 2));
-        const double us = TimeUs([&] { (void)(*runner)->Fp8({x, xs, w, ws, y, m, s.n, s.k}, nullptr); });
+        bool ok = true;
+        const double us = GraphTimeUs([&](cudaStream_t st) {
+          ok = ok && (*runner)->Fp8({x, xs, w, ws, y, m, s.n, s.k}, st).ok();
+        });
+        if (!ok) std::printf("(cuBLASLt FAILED for the next shape)\n");
         const double flops = 2.0 * m * s.n * s.k, bytes = double(s.n) * s.k + double(m) * s.k + 2.0 * m * s.n;
         char name[96];
         std::snprintf(name, sizeof name, "fp8 %-15s M=%-5ld N=%-6ld K=%ld", s.name, static_cast<long>(m),

@@ -1,5 +1,6 @@
 // Whole R1 layers at real size through the GPU model: decode steps at 4K context and a 4K prefill.
 //   build-gpu/bench/gpu/bench_gpu_layer [--dir /tmp/r1-layer] [--ctx 4096] [--steps 10] [--keep]
+//   build-gpu/bench/gpu/bench_gpu_layer --ep-shard [--ep-batches 64,128,256,512] [--ctx 2048]
 // 1. Writes (or reuses) a checkpoint of R1's first 4 layers (3 dense + 1 MoE with 256 experts,
 //    bench/gpu/r1_checkpoint.h), and beside it two configs over the same shards that stop after 3
 //    and after 1 layer (dense only), so that one MoE layer's and one dense layer's time come out as
@@ -17,6 +18,9 @@
 // 4. A projection of the 61-layer model (3 dense + 58 MoE) from the per-layer times, and then a
 //    layer-aliased 61-layer run (GpuModelOptions::weight_layers = 4: layers 3..60 all run layer
 //    3's weights, each with its own cache layer) at batch 1 and 64 and one 4K prefill.
+// 5. --ep-shard instead: one GPU's share of an 8-GPU expert-parallel deployment (EpShard below),
+//    61 layers layer-aliased with 4 shared cache layers, decode output tokens/s per GPU at 64–512
+//    sequences of 2K context, against its floor and the 3000 tokens/s target; no communication.
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -32,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "bench/gpu/r1_checkpoint.h"
 #include "worker/model/gpu_model.h"
 
@@ -138,15 +143,20 @@ double Median(std::vector<double> v) {
 
 // weight_layers > 0: a layer-aliased model (GpuModelOptions::weight_layers). prefill_reps: timed
 // prefills after one warm-up (0: a single prefill, timed, no warm-up).
+// kv_layers > 0: the cache has that many layers, shared round-robin by the model's layers
+// (GpuModelOptions::kv_layers; timing only).
 Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batches, int steps,
-                 int64_t weight_layers = 0, int prefill_reps = 2) {
+                 int64_t weight_layers = 0, int prefill_reps = 2, int64_t kv_layers = 0) {
   r1::GpuModelOptions options;
   options.activations = r1::GpuActivations::kFp8;
   options.weight_layers = weight_layers;
+  options.kv_layers = kv_layers;
   options.max_step_tokens = std::max(ctx, *std::max_element(batches.begin(), batches.end()));
   auto t0 = Clock::now();
   auto model = OrDie(r1::GpuDeepseekV3Model::Load(dir, options), "load");
   const r1::ModelConfig& c = model->config();
+  r1::ModelConfig cache_config = c;  // the cache's shape: kv_layers layers when they are shared
+  if (kv_layers > 0) cache_config.num_hidden_layers = kv_layers;
   std::printf("\n== %s: %lld layers (%lld dense)%s, %.2f GB on the device, loaded in %.1f s\n", dir.c_str(),
               static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.first_k_dense_replace),
               weight_layers > 0 ? absl::StrCat(", layer-aliased: layers >= ", weight_layers - 1, " run layer ",
@@ -157,7 +167,7 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
   Timings out;
 
   // Prefill of `ctx` tokens, one sequence, one step.
-  auto pcache = OrDie(r1::GpuKvCache::Create(c, seq_blocks, kBlock), "cache");
+  auto pcache = OrDie(r1::GpuKvCache::Create(cache_config, seq_blocks, kBlock), "cache");
   r1::SequenceStep pre;
   for (int i = 0; i < ctx; ++i) pre.tokens.push_back(static_cast<int32_t>((i * 7919 + 13) % 129280));
   for (int64_t b = 0; b < seq_blocks; ++b) pre.block_table.push_back(static_cast<int32_t>(b));
@@ -174,10 +184,10 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
               warmups ? " after a warm-up" : ", no warm-up", ctx / (out.prefill_us * 1e-6));
 
   for (int b : batches) {
-    auto cache = OrDie(r1::GpuKvCache::Create(c, b * seq_blocks, kBlock), "cache");
+    auto cache = OrDie(r1::GpuKvCache::Create(cache_config, b * seq_blocks, kBlock), "cache");
     // Every sequence's first ctx_blocks blocks: a copy of the prefilled ones, per layer.
     const size_t elem = sizeof(__nv_bfloat16), block_bytes = pcache.block_stride() * elem;
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    for (int64_t l = 0; l < cache.layers; ++l) {
       const char* src = pcache.data.as<char>() + l * pcache.layer_stride() * elem;
       for (int s = 0; s < b; ++s) {
         char* dst = cache.data.as<char>() + (l * cache.layer_stride() + s * seq_blocks * cache.block_stride()) * elem;
@@ -208,7 +218,7 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
 
 // A config of `layers` layers over `src`'s shards (fewer: the loader reads only those; more: for a
 // layer-aliased model).
-std::string Truncated(const std::string& src, int layers) {
+std::string Truncated(const std::string& src, int layers, int64_t experts = 256) {
   const std::string dir = src + "-" + std::to_string(layers);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -216,8 +226,65 @@ std::string Truncated(const std::string& src, int layers) {
     const std::string name = e.path().filename().string();
     if (name != "config.json") std::filesystem::create_symlink(e.path(), dir + "/" + name);
   }
-  std::ofstream(dir + "/config.json") << r1::bench::ConfigJson(layers);
+  std::ofstream(dir + "/config.json") << r1::bench::ConfigJson(layers, experts);
   return dir;
+}
+
+// One GPU of an 8-GPU expert-parallel deployment, per decode step: attention (all 128 heads) and
+// the shared expert for its own `b` sequences, and 32 of the 256 routed experts, which receive the
+// tokens of all 8 GPUs routed to them: 8b tokens x 8 choices x 32/256 = 8b rows, b/4 per expert
+// under uniform routing. A 32-expert model whose b tokens each pick 8 of its 32 experts does exactly
+// that many rows of expert work, so the shard is run as such a model (layer-aliased to 61 layers,
+// cache layers shared: GpuModelOptions::kv_layers). The dispatch/combine all-to-all and the
+// network are not included.
+Work EpShardLayerWork(bool moe, double b, double ctx) {
+  constexpr double kLocalExperts = 32, kLocalRouter = kLocalExperts * kH;
+  Work w;
+  w.bytes = kAttnParams + b * ctx * kLatent * 2;
+  w.gemm_flops = 2 * b * kAttnParams;
+  if (moe) {
+    const double touched = kLocalExperts * (1.0 - std::pow(1.0 - 8.0 / kLocalExperts, b));
+    w.bytes += 2 * kLocalRouter + kExpertParams + touched * kExpertParams;  // router (f32), shared, routed
+    w.gemm_flops += 2 * b * (kLocalRouter + kExpertParams + 8 * kExpertParams);
+  } else {
+    w.bytes += kDenseMlpParams;
+    w.gemm_flops += 2 * b * kDenseMlpParams;
+  }
+  w.attn_flops = 2 * b * kHeads * ctx * (kLatent + kKvRank);
+  return w;
+}
+
+int EpShard(const std::string& dir, int ctx, int steps, const std::vector<int>& batches, bool keep, double gbs) {
+  constexpr int64_t kLocalExperts = 32;
+  auto t0 = Clock::now();
+  if (std::ifstream(dir + "/config.json").good() && std::ifstream(dir + "/model.safetensors.index.json").good()) {
+    std::printf("reusing the checkpoint in %s\n", dir.c_str());
+  } else {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const r1::bench::Written w = r1::bench::WriteCheckpoint(dir, 4, cores, kLocalExperts);
+    std::printf("wrote %zu shard(s), %.2f GB, 4 layers (3 dense + 1 MoE with %lld routed experts) in %.1f s\n",
+                w.files.size(), w.data_bytes / 1e9, static_cast<long long>(kLocalExperts), Seconds(t0, Clock::now()));
+  }
+  const std::string depth = Truncated(dir, 61, kLocalExperts);
+  const Timings t = RunModel(depth, ctx, batches, steps, /*weight_layers=*/4, /*prefill_reps=*/0, /*kv_layers=*/4);
+  std::printf("\nExpert-parallel shard (one GPU of 8: all 128 heads for its own sequences, 32 of 256 experts "
+              "receiving 8 x its tokens' rows), 61 layers layer-aliased, context %d, communication excluded.\n"
+              "Floor: bytes at %.0f GB/s, flops at FP8 %.0f / bf16 %.0f TFLOP/s. Target 3000 tokens/s per GPU.\n",
+              ctx, gbs, kFp8Rate / 1e12, kBf16Rate / 1e12);
+  std::printf("| sequences | step ms | tokens/s per GPU | floor ms | floor tokens/s | measured/floor | vs 3000 |\n");
+  for (int b : batches) {
+    Work all = RestWork(b);
+    all += EpShardLayerWork(false, b, ctx) * 3;
+    all += EpShardLayerWork(true, b, ctx) * 58;
+    const double us = t.decode_us.at(b), floor_us = all.floor_us(gbs);
+    std::printf("| %d | %.1f | %.0f | %.1f | %.0f | %.2f | %.2f |\n", b, us / 1e3, b / (us * 1e-6), floor_us / 1e3,
+                b / (floor_us * 1e-6), us / floor_us, b / (us * 1e-6) / 3000.0);
+  }
+  if (!keep) {
+    std::filesystem::remove_all(depth);
+    std::filesystem::remove_all(dir);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -225,24 +292,34 @@ std::string Truncated(const std::string& src, int layers) {
 int main(int argc, char** argv) {
   std::string dir = "/tmp/r1-layer";
   int ctx = 4096, steps = 10;
-  bool keep = false;
+  bool keep = false, ep_shard = false, ctx_given = false;
   std::vector<int> batches = {1, 8, 64, 256};
+  std::vector<int> ep_batches = {64, 128, 256, 512};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--dir" && i + 1 < argc) dir = argv[++i];
-    else if (a == "--ctx" && i + 1 < argc) ctx = std::atoi(argv[++i]);
+    else if (a == "--ctx" && i + 1 < argc) ctx = std::atoi(argv[++i]), ctx_given = true;
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--keep") keep = true;
-    else {
-      std::fprintf(stderr, "usage: %s [--dir D] [--ctx N] [--steps N] [--keep]\n", argv[0]);
+    else if (a == "--ep-shard") ep_shard = true;
+    else if (a == "--ep-batches" && i + 1 < argc) {
+      ep_batches.clear();
+      for (absl::string_view v : absl::StrSplit(argv[++i], ',')) ep_batches.push_back(std::atoi(std::string(v).c_str()));
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--dir D] [--ctx N] [--steps N] [--keep] [--ep-shard [--ep-batches 64,128,256,512]]\n"
+                   "  --ep-shard: instead of the layer runs, the expert-parallel shard's decode at context 2048\n"
+                   "              (or --ctx) for the given sequence counts\n",
+                   argv[0]);
       return 2;
     }
   }
-  if (ctx < 1 || steps < 1) return 2;
+  if (ctx < 1 || steps < 1 || ep_batches.empty() || *std::min_element(ep_batches.begin(), ep_batches.end()) < 1) return 2;
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   const double gbs = MeasureCopyGBs();
   std::printf("%s, measured device copy rate %.0f GB/s\n", prop.name, gbs);
+  if (ep_shard) return EpShard(dir + "-ep", ctx_given ? ctx : 2048, steps, ep_batches, keep, gbs);
 
   auto t0 = Clock::now();
   if (std::ifstream(dir + "/config.json").good() && std::ifstream(dir + "/model.safetensors.index.json").good()) {

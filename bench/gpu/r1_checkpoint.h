@@ -38,10 +38,12 @@ struct Tensor {
   }
 };
 
-// R1's tensors for the first `layers` layers, in checkpoint order.
-inline std::vector<Tensor> R1Tensors(int layers) {
+// R1's tensors for the first `layers` layers, in checkpoint order. `experts`: routed experts per MoE
+// layer (R1 has 256; fewer for the expert-parallel shard, which holds 32 of them).
+inline std::vector<Tensor> R1Tensors(int layers, int64_t experts = 256) {
   constexpr int64_t kH = 7168, kVocab = 129280, kQ = 1536, kKv = 512, kRope = 64, kNope = 128, kV = 128,
-                    kHeads = 128, kInter = 18432, kMoe = 2048, kExperts = 256;
+                    kHeads = 128, kInter = 18432, kMoe = 2048;
+  const int64_t kExperts = experts;
   std::vector<Tensor> t;
   auto fp8 = [&](const std::string& name, int64_t n, int64_t k) {
     t.push_back({name + ".weight", "F8_E4M3", {n, k}});
@@ -83,7 +85,7 @@ inline std::vector<Tensor> R1Tensors(int layers) {
   return t;
 }
 
-inline std::string ConfigJson(int layers) {
+inline std::string ConfigJson(int layers, int64_t experts = 256) {
   return "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
          "  \"vocab_size\": 129280, \"hidden_size\": 7168, \"intermediate_size\": 18432,\n"
          "  \"moe_intermediate_size\": 2048, \"num_hidden_layers\": " + std::to_string(layers) + ",\n"
@@ -91,7 +93,7 @@ inline std::string ConfigJson(int layers) {
          ", \"moe_layer_freq\": 1,\n"
          "  \"num_attention_heads\": 128, \"num_key_value_heads\": 128, \"q_lora_rank\": 1536,\n"
          "  \"kv_lora_rank\": 512, \"qk_rope_head_dim\": 64, \"qk_nope_head_dim\": 128, \"v_head_dim\": 128,\n"
-         "  \"n_routed_experts\": 256, \"n_shared_experts\": 1, \"num_experts_per_tok\": 8, \"n_group\": 8,\n"
+         "  \"n_routed_experts\": " + std::to_string(experts) + ", \"n_shared_experts\": 1, \"num_experts_per_tok\": 8, \"n_group\": 8,\n"
          "  \"topk_group\": 4, \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5,\n"
          "  \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\", \"hidden_act\": \"silu\",\n"
          "  \"max_position_embeddings\": 163840, \"rope_theta\": 10000, \"rms_norm_eps\": 1e-06,\n"
@@ -135,9 +137,9 @@ struct Written {
   size_t data_bytes = 0;
 };
 
-inline Written WriteCheckpoint(const std::string& dir, int layers, int threads) {
+inline Written WriteCheckpoint(const std::string& dir, int layers, int threads, int64_t experts = 256) {
   std::filesystem::create_directories(dir);
-  const std::vector<Tensor> tensors = R1Tensors(layers);
+  const std::vector<Tensor> tensors = R1Tensors(layers, experts);
   constexpr size_t kShardBytes = size_t{4} << 30;
   std::vector<std::vector<const Tensor*>> shards(1);
   size_t in_shard = 0;
@@ -198,7 +200,7 @@ inline Written WriteCheckpoint(const std::string& dir, int layers, int threads) 
   std::ofstream(dir + "/model.safetensors.index.json")
       << "{\n  \"metadata\": {\"total_size\": " << out.data_bytes << "},\n  \"weight_map\": {\n    " << weight_map
       << "\n  }\n}\n";
-  std::ofstream(dir + "/config.json") << ConfigJson(layers);
+  std::ofstream(dir + "/config.json") << ConfigJson(layers, experts);
   return out;
 }
 

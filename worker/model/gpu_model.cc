@@ -270,6 +270,10 @@ absl::StatusOr<std::unique_ptr<GpuDeepseekV3Model>> GpuDeepseekV3Model::Load(con
   auto m = std::unique_ptr<GpuDeepseekV3Model>(new GpuDeepseekV3Model());
   m->options_ = options;
   R1_ASSIGN_OR_RETURN(m->config_, LoadModelConfig(model_dir));
+  if (options.kv_layers < 0 || options.kv_layers > m->config_.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_layers ", options.kv_layers, " outside [0, ",
+                                                   m->config_.num_hidden_layers, "]"));
+  }
   R1_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(model_dir));
   R1_RETURN_IF_ERROR(CudaCheck(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking), "stream"));
   R1_ASSIGN_OR_RETURN(m->gemm_, cuda::GemmRunner::Create());
@@ -653,7 +657,7 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
                                      stream_));
     R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{kvb + kvr, t, 1, rope, lat, pos, inv_freq_.as<float>(), factor,
                                                        c.rope_interleave}, stream_));
-    auto* layer_cache = cache.data.as<__nv_bfloat16>() + l * cache.layer_stride();
+    auto* layer_cache = cache.data.as<__nv_bfloat16>() + (l % cache.layers) * cache.layer_stride();
     R1_RETURN_IF_ERROR(cuda::ScatterLatent(cuda::ScatterLatentParamsT<T>{kvb, layer_cache, tables, pos, t, lat,
                                                                          cache.block_size, table_stride,
                                                                          cache.block_stride()}, stream_));
@@ -765,11 +769,19 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
 
 absl::StatusOr<int64_t> GpuDeepseekV3Model::Launch(const std::vector<SequenceStep>& batch, GpuKvCache& cache) {
   const ModelConfig& c = config_;
-  if (cache.layers != c.num_hidden_layers || cache.latent != c.kv_latent_dim()) {
+  const int64_t cache_layers = options_.kv_layers > 0 ? options_.kv_layers : c.num_hidden_layers;
+  if (cache.layers != cache_layers || cache.latent != c.kv_latent_dim()) {
     return absl::InvalidArgumentError("gpu kv cache does not fit the model");
   }
-  // Rows: every new token of every sequence, with its position, context and block table.
-  const int64_t stride = cache.blocks;  // no sequence holds more blocks than the cache has
+  // Rows: every new token of every sequence, with its position, context and block table. Each row's
+  // table is padded to the longest table in the batch rounded up to a power of two (not to the
+  // cache's block count: at batch 256 that was 4.3 M entries built and uploaded per step); the
+  // rounding keeps the number of distinct decode graphs (keyed by the stride) logarithmic.
+  int64_t longest = 1;
+  for (const SequenceStep& s : batch) longest = std::max<int64_t>(longest, static_cast<int64_t>(s.block_table.size()));
+  int64_t stride = 1;
+  while (stride < longest) stride *= 2;
+  stride = std::min<int64_t>(stride, std::max<int64_t>(cache.blocks, longest));
   std::vector<int32_t> ids, ctx, tables;
   std::vector<int64_t> pos;
   bool decode_only = true;
@@ -781,7 +793,7 @@ absl::StatusOr<int64_t> GpuDeepseekV3Model::Launch(const std::vector<SequenceSte
     const int64_t end = s.start_position + static_cast<int64_t>(s.tokens.size());
     if (s.start_position < 0 || end > c.max_position_embeddings) return err("positions outside [0, max_position_embeddings)");
     if (static_cast<int64_t>(s.block_table.size()) * cache.block_size < end) return err("block table too short");
-    if (static_cast<int64_t>(s.block_table.size()) > stride) return err("block table longer than the cache");
+    if (static_cast<int64_t>(s.block_table.size()) > cache.blocks) return err("block table longer than the cache");
     for (int32_t b : s.block_table) {
       if (b < 0 || b >= cache.blocks) return err(absl::StrCat("block id ", b, " outside the cache"));
     }
@@ -803,8 +815,11 @@ absl::StatusOr<int64_t> GpuDeepseekV3Model::Launch(const std::vector<SequenceSte
     // A bigger table buffer moves: graphs captured with the old one are dropped.
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     graphs_.clear();
-    R1_ASSIGN_OR_RETURN(ws_.tables, DeviceMemory::Allocate(options_.max_step_tokens * stride * 4));
-    ws_.table_capacity = options_.max_step_tokens * stride;
+    // Grown geometrically so that a batch growing step by step drops the graphs only a few times.
+    const int64_t capacity = std::max(t * stride, 2 * ws_.table_capacity);
+    ws_.tables = DeviceMemory();
+    R1_ASSIGN_OR_RETURN(ws_.tables, DeviceMemory::Allocate(static_cast<size_t>(capacity) * 4));
+    ws_.table_capacity = capacity;
   }
   R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(ws_.ids.ptr, ids.data(), t * 4, cudaMemcpyHostToDevice, stream_), "ids"));
   R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(ws_.pos.ptr, pos.data(), t * 8, cudaMemcpyHostToDevice, stream_), "pos"));

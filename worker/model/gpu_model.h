@@ -119,6 +119,12 @@ struct GpuModelOptions {
   // its own), so that a full-depth step at real size fits one GPU (bench_gpu_layer). The later
   // layers must be of the last loaded layer's kind (dense or MoE).
   int64_t weight_layers = 0;
+  // Benchmarks only: when > 0, the KV cache holds this many layers and model layer l keeps its
+  // latents in cache layer l % kv_layers. Every layer still writes and reads its batch's full
+  // cache rows (the bytes and work of a real step), but later layers overwrite earlier ones'
+  // entries, so the outputs mean nothing; it lets a full-depth step at hundreds of sequences fit
+  // one GPU's memory (bench_gpu_layer --ep-shard).
+  int64_t kv_layers = 0;
 };
 
 class GpuDeepseekV3Model {
