@@ -189,6 +189,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
         return rr.Error("attention_factor", "an explicit attention_factor is not supported");
       }
       if (y.factor < 1.0) return rr.Error("factor", "must be at least 1");
+      // The correction range takes log(original_max_position_embeddings / (2π·beta)): a beta of
+      // zero or below gives NaN RoPE frequencies.
+      if (!(std::isfinite(y.beta_fast) && y.beta_fast > 0)) return rr.Error("beta_fast", "must be a positive number");
+      if (!(std::isfinite(y.beta_slow) && y.beta_slow > 0)) return rr.Error("beta_slow", "must be a positive number");
       if (rs.contains("rope_theta")) {
         R1_ASSIGN_OR_RETURN(c.rope_theta, rr.Num("rope_theta", c.rope_theta));
       }

@@ -225,6 +225,10 @@ TEST(ConfigRejects, RopeTypeNotAString) {
   ExpectRejected([](json& j) { j["rope_scaling"]["type"] = 7; }, "rope_scaling");
   ExpectRejected([](json& j) { j["rope_scaling"]["rope_type"] = {"yarn"}; }, "rope_scaling");
 }
+TEST(ConfigRejects, NonPositiveYarnBetas) {
+  ExpectRejected([](json& j) { j["rope_scaling"]["beta_fast"] = 0; }, "beta_fast");
+  ExpectRejected([](json& j) { j["rope_scaling"]["beta_slow"] = -1; }, "beta_slow");
+}
 TEST(ConfigRejects, MoeLayerFreq2) {
   ExpectRejected([](json& j) { j["moe_layer_freq"] = 2; }, "moe_layer_freq");
 }
