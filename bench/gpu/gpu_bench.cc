@@ -330,6 +330,14 @@ int main(int argc, char** argv) {
       cudaMemcpy(dst, f.data(), f.size() * 4, cudaMemcpyHostToDevice);
     };
     auto* ws = static_cast<float*>(Alloc(ws_bytes));
+    struct MlaResult {
+      int64_t batch, ctx;
+      double wgmma_us, mma_us;
+      bool dispatch_wgmma;  // kTensorCore takes the wgmma kernel for the case
+      bool bulk_copies;     // the wgmma kernel's pages arrive by TMA (else cp.async)
+      double gbs_wgmma = 0, gbs_mma = 0;
+    };
+    std::vector<MlaResult> results;
     for (int64_t batch : batches) {
       for (int64_t ctx : ctxs) {
         const int64_t blocks_per = (ctx + block - 1) / block, blocks = blocks_per * batch;
@@ -351,15 +359,29 @@ int main(int argc, char** argv) {
         p.q_lat = ql, p.q_pe = qp, p.cache = cache, p.block_stride = block * lat, p.block_tables = dt;
         p.context_lens = dl, p.o_lat = ol, p.rows = batch, p.heads = heads, p.kv_lora_rank = kvr, p.rope_dim = rope;
         p.block_size = block, p.max_blocks = blocks_per, p.softmax_scale = 0.1f;
-        p.algo = r1::cuda::MlaDecodeParams::Algo::kTensorCore, p.workspace = ws, p.workspace_bytes = ws_bytes;
+        p.workspace = ws, p.workspace_bytes = ws_bytes;
         const double bytes = double(batch) * ctx * lat * 2 + double(batch) * heads * (lat + kvr) * 4;
         const double flops = 2.0 * batch * heads * ctx * (lat + kvr);
-        const double us = TimeUs([&] { (void)r1::cuda::MlaDecode(p, nullptr); }, 20);
         char name[96];
-        std::snprintf(name, sizeof name, "mla decode tc batch=%-4ld ctx=%ld", static_cast<long>(batch), static_cast<long>(ctx));
-        Line(name, us, flops, bytes, hbm, kBf16Tflops);
-        std::printf("    -> %.0f GB/s = %.1f%% of measured copy rate, %.1f%% of 3350 GB/s\n", bytes / (us * 1e-6) / 1e9,
-                    100.0 * bytes / (us * 1e-6) / 1e9 / hbm, 100.0 * bytes / (us * 1e-6) / 1e9 / 3350.0);
+        // Both tensor-core kernels: wgmma (mla_decode_wgmma.cu) and mma.sync (mla_decode_tc.cu).
+        MlaResult res{batch, ctx, 0, 0, r1::cuda::internal::MlaDecodeWgmmaSupported(p),
+                      r1::cuda::internal::MlaWgmmaBulkCopies(p)};
+        for (const auto algo : {r1::cuda::MlaDecodeParams::Algo::kWgmma, r1::cuda::MlaDecodeParams::Algo::kMmaSync}) {
+          p.algo = algo;
+          const bool wg = algo == r1::cuda::MlaDecodeParams::Algo::kWgmma;
+          const absl::Status st = r1::cuda::MlaDecode(p, nullptr);
+          if (!st.ok()) std::printf("mla decode %s: %s\n", wg ? "wgmma" : "mma.sync", st.ToString().c_str());
+          const double us = TimeUs([&] { (void)r1::cuda::MlaDecode(p, nullptr); }, 20);
+          (wg ? res.wgmma_us : res.mma_us) = us;
+          std::snprintf(name, sizeof name, "mla decode %-8s batch=%-4ld ctx=%ld", wg ? "wgmma" : "mma.sync",
+                        static_cast<long>(batch), static_cast<long>(ctx));
+          Line(name, us, flops, bytes, hbm, kBf16Tflops);
+          std::printf("    -> %.0f GB/s = %.1f%% of measured copy rate, %.1f%% of 3350 GB/s\n", bytes / (us * 1e-6) / 1e9,
+                      100.0 * bytes / (us * 1e-6) / 1e9 / hbm, 100.0 * bytes / (us * 1e-6) / 1e9 / 3350.0);
+        }
+        res.gbs_wgmma = bytes / (res.wgmma_us * 1e-6) / 1e9;
+        res.gbs_mma = bytes / (res.mma_us * 1e-6) / 1e9;
+        results.push_back(res);
         if (!quick && mla_batch == 0 && ((batch == 64 && ctx == 4096) || (batch == 1 && ctx == 4096))) {
           p.algo = r1::cuda::MlaDecodeParams::Algo::kExact;  // the float32 CUDA-core kernel, for reference
           const double ue = TimeUs([&] { (void)r1::cuda::MlaDecode(p, nullptr); }, 3);
@@ -371,6 +393,14 @@ int main(int argc, char** argv) {
       }
     }
     cudaFree(ws);
+    std::printf("\nMLA decode summary (GB/s, %% of the measured %.0f GB/s copy rate; kTensorCore takes *)\n", hbm);
+    std::printf("%-6s %-6s | %-28s | %-24s | wgmma speed-up\n", "batch", "ctx", "wgmma (loads)", "mma.sync");
+    for (const MlaResult& r : results) {
+      std::printf("%-6ld %-6ld | %8.1f us %5.0f %5.1f%%%s %-3s | %8.1f us %5.0f %5.1f%%%s | %.2fx\n",
+                  static_cast<long>(r.batch), static_cast<long>(r.ctx), r.wgmma_us, r.gbs_wgmma,
+                  100.0 * r.gbs_wgmma / hbm, r.dispatch_wgmma ? "*" : " ", r.bulk_copies ? "tma" : "cp", r.mma_us,
+                  r.gbs_mma, 100.0 * r.gbs_mma / hbm, r.dispatch_wgmma ? " " : "*", r.mma_us / r.wgmma_us);
+    }
   }
 
   // 4. The routed MoE layer as the GPU model runs it (worker/model/gpu_model.cc): float32 router

@@ -1,8 +1,8 @@
 // MLA decode, absorbed form. kExact (here): one block of 4 warps per (row, head). Each warp walks a quarter of the
 // context with an online softmax, holding its share of the latent dimensions in registers
 // (lane d, d+32, …), then the warps merge their (max, sum, output) in shared memory. Correct first:
-// this is the reference GPU path. kTensorCore (mla_decode_tc.cu) is the fast one behind the same
-// Params.
+// this is the reference GPU path. The tensor-core kernels (mla_decode_tc.cu: mma.sync,
+// mla_decode_wgmma.cu: wgmma) are the fast ones behind the same Params; MlaDecode dispatches.
 // Test: tests/cuda/kernels_test.cc (MlaDecode*).
 #include <cfloat>
 
@@ -98,8 +98,10 @@ absl::Status MlaDecode(const MlaDecodeParams& p, cudaStream_t stream) {
   }
   if (p.rows > 0x7fffffff || p.heads > 65535) return absl::InvalidArgumentError("mla decode: grid too large");
   if (p.rows == 0) return absl::OkStatus();
-  if (p.algo == MlaDecodeParams::Algo::kTensorCore && internal::MlaDecodeTcSupported(p)) {
-    return internal::MlaDecodeTc(p, stream);
+  using Algo = MlaDecodeParams::Algo;
+  if (p.algo != Algo::kExact) {
+    if (p.algo != Algo::kMmaSync && internal::MlaDecodeWgmmaSupported(p)) return internal::MlaDecodeWgmma(p, stream);
+    if (internal::MlaDecodeTcSupported(p)) return internal::MlaDecodeTc(p, stream);
   }
   MlaDecodeKernel<<<dim3(static_cast<unsigned>(p.rows), static_cast<unsigned>(p.heads)), kWarps * 32, 0, stream>>>(p);
   const cudaError_t err = cudaGetLastError();

@@ -28,29 +28,56 @@ struct MlaDecodeParams {
   int64_t kv_lora_rank = 0, rope_dim = 0;  // latent_dim = kv_lora_rank + rope_dim <= 1024
   int64_t block_size = 0, max_blocks = 0;
   float softmax_scale = 1.0f;
-  // kExact: float32 products on CUDA cores (the float32 model's path). kTensorCore: q and the
-  // softmax weights rounded to bf16 for tensor-core MMA with float32 accumulation, 64 heads per
-  // block reading each cached byte once, the context split over blocks when rows are few
-  // (mla_decode_tc.cu). kTensorCore needs kv_lora_rank % 32 == 0, rope_dim % 16 == 0 and 16-byte
-  // aligned cache rows; other shapes take kExact.
-  enum class Algo { kExact, kTensorCore };
+  // kExact: float32 products on CUDA cores (the float32 model's path). The tensor-core kernels
+  // round q and the softmax weights to bf16 and accumulate in float32, 64 heads per block reading
+  // each cached byte once, the context split over blocks when rows are few:
+  //   kMmaSync: mma.sync (mla_decode_tc.cu); needs kv_lora_rank % 32 == 0, rope_dim % 16 == 0 and
+  //     16-byte aligned cache rows.
+  //   kWgmma: Hopper's warpgroup MMA (mla_decode_wgmma.cu, sm_90 only); needs R1's latent
+  //     (kv_lora_rank 512, rope_dim 64), heads % 64 == 0, 16-byte aligned cache rows and q.
+  //   kTensorCore: wgmma where it applies (2.1-3.4x faster than mma.sync at every batch 1-256 x
+  //     context 1K-32K measured, bench/README.md), else mma.sync.
+  // A shape a kernel cannot take falls back: kWgmma to kMmaSync, kMmaSync to kExact.
+  enum class Algo { kExact, kTensorCore, kMmaSync, kWgmma };
   Algo algo = Algo::kExact;
-  // kTensorCore's split-context partials (MlaDecodeWorkspaceBytes); without it (or if too small)
-  // the context is not split.
+  // The tensor-core kernels' split-context partials (MlaDecodeWorkspaceBytes); without it (or if
+  // too small) the context is not split.
   float* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
 
 absl::Status MlaDecode(const MlaDecodeParams& p, cudaStream_t stream);
 
-// Workspace that lets kTensorCore split the context at any row count (depends on the device's
-// multiprocessor count, heads and kv_lora_rank only).
+// Workspace that lets the tensor-core kernels split the context at any row count (depends on the
+// device's multiprocessor count, heads and kv_lora_rank only).
 size_t MlaDecodeWorkspaceBytes(int64_t heads, int64_t kv_lora_rank);
 
 namespace internal {
-// The tensor-core launcher (mla_decode_tc.cu); false when the shape is not supported.
+// The tensor-core launchers (mla_decode_tc.cu, mla_decode_wgmma.cu); *Supported is false when the
+// shape, alignment or device does not suit the kernel.
 bool MlaDecodeTcSupported(const MlaDecodeParams& p);
 absl::Status MlaDecodeTc(const MlaDecodeParams& p, cudaStream_t stream);
+bool MlaDecodeWgmmaSupported(const MlaDecodeParams& p);
+absl::Status MlaDecodeWgmma(const MlaDecodeParams& p, cudaStream_t stream);
+// Whether the wgmma kernel brings p's cache pages by bulk tensor copies (TMA) rather than cp.async.
+bool MlaWgmmaBulkCopies(const MlaDecodeParams& p);
+
+// Shared by the tensor-core kernels (defined in mla_decode_tc.cu). The split-context plan: each
+// row's context is cut into `splits` slices whose normalised partials and log-sum-exps go to
+// p.workspace and are merged into p.o_lat by LaunchMlaCombine.
+struct MlaSplitPlan {
+  int splits = 1;
+  // [splits, rows, heads]: log2 of the slice's sum of 2^(score * scale * log2 e); -inf: empty.
+  float* part_lse = nullptr;
+  float* part_o = nullptr;  // [splits, rows, heads, kv_lora_rank] each slice's normalised output
+};
+MlaSplitPlan PlanMlaSplits(const MlaDecodeParams& p);
+void LaunchMlaCombine(const MlaDecodeParams& p, const MlaSplitPlan& plan, cudaStream_t stream);
+// Device facts, queried once per device: compute capability (major * 10 + minor) and the opt-in
+// shared memory per block; MlaRaiseSmemLimit sets a kernel's dynamic shared-memory limit once.
+int MlaDeviceCc();
+int MlaSmemOptin();
+absl::Status MlaRaiseSmemLimit(const void* kernel, size_t bytes);
 }  // namespace internal
 
 }  // namespace r1::cuda

@@ -331,8 +331,12 @@ __global__ void __launch_bounds__(128) MlaCombineKernel(MlaDecodeParams p, int s
 // Per-device facts, queried once: attribute queries and cudaFuncSetAttribute cost tens of µs of
 // host time per call, which an eager (not graph-replayed) decode step would pay every layer.
 struct DeviceInfo {
-  int sms = 0, optin = 0;
+  int sms = 0, optin = 0, cc = 0;  // cc: compute capability, major * 10 + minor
   bool smem_set[2] = {false, false};  // MaxDynamicSharedMemorySize raised, per kernel instance
+  struct Raised {
+    const void* kernel = nullptr;
+    size_t bytes = 0;
+  } raised[4];  // MlaRaiseSmemLimit's kernels
 };
 constexpr int kMaxDevices = 64;
 std::mutex g_info_mu;
@@ -343,10 +347,13 @@ DeviceInfo& Info() {
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) dev = 0;
   DeviceInfo& d = g_info[dev];
   if (d.sms == 0) {
-    int sms = 0, optin = 0;
+    int sms = 0, optin = 0, major = 0, minor = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
     if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) optin = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) major = 0;
+    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) minor = 0;
     d.optin = optin;
+    d.cc = major * 10 + minor;
     d.sms = sms;
   }
   return d;
@@ -396,6 +403,53 @@ size_t MlaDecodeWorkspaceBytes(int64_t heads, int64_t kv_lora_rank) {
 
 namespace internal {
 
+MlaSplitPlan PlanMlaSplits(const MlaDecodeParams& p) {
+  MlaSplitPlan plan;
+  const int64_t hgroups = (p.heads + kHeadsPerBlock - 1) / kHeadsPerBlock;
+  plan.splits = PlanSplits(p, hgroups, DeviceSms());
+  if (plan.splits > 1) {
+    plan.part_lse = p.workspace;
+    plan.part_o = p.workspace + LseFloats(plan.splits, p);
+  }
+  return plan;
+}
+
+void LaunchMlaCombine(const MlaDecodeParams& p, const MlaSplitPlan& plan, cudaStream_t stream) {
+  if (plan.splits <= 1) return;
+  MlaCombineKernel<<<static_cast<unsigned>(p.rows * p.heads), 128, 0, stream>>>(p, plan.splits, plan.part_lse,
+                                                                              plan.part_o);
+}
+
+int MlaDeviceCc() {
+  std::lock_guard<std::mutex> lock(g_info_mu);
+  return Info().cc;
+}
+
+int MlaSmemOptin() {
+  std::lock_guard<std::mutex> lock(g_info_mu);
+  return Info().optin;
+}
+
+absl::Status MlaRaiseSmemLimit(const void* kernel, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_info_mu);
+  DeviceInfo& d = Info();
+  for (const DeviceInfo::Raised& r : d.raised) {
+    if (r.kernel == kernel && r.bytes >= bytes) return absl::OkStatus();
+  }
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("mla decode: smem attribute (", bytes, " bytes): ", cudaGetErrorString(err)));
+  }
+  for (DeviceInfo::Raised& r : d.raised) {
+    if (r.kernel == nullptr || r.kernel == kernel) {
+      r = {kernel, bytes};
+      break;
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool MlaDecodeTcSupported(const MlaDecodeParams& p) {
   const int64_t latent = p.kv_lora_rank + p.rope_dim;
   if (p.kv_lora_rank % 32 != 0 || p.kv_lora_rank > kMaxKvr || p.rope_dim % 16 != 0) return false;
@@ -415,8 +469,8 @@ bool MlaDecodeTcSupported(const MlaDecodeParams& p) {
 absl::Status MlaDecodeTc(const MlaDecodeParams& p, cudaStream_t stream) {
   const int64_t latent = p.kv_lora_rank + p.rope_dim;
   const int64_t hgroups = (p.heads + kHeadsPerBlock - 1) / kHeadsPerBlock;
-  const int sms = DeviceSms();
-  const int splits = PlanSplits(p, hgroups, sms);
+  const MlaSplitPlan plan = PlanMlaSplits(p);
+  const int splits = plan.splits;
   const int64_t blocks = p.rows * hgroups * splits;
   if (blocks > 0x7fffffff) return absl::InvalidArgumentError(absl::StrCat("mla decode: ", blocks, " blocks"));
   const size_t smem = Layout(static_cast<int>(latent)).total;
@@ -435,13 +489,9 @@ absl::Status MlaDecodeTc(const MlaDecodeParams& p, cudaStream_t stream) {
     }
   }
   if (err != cudaSuccess) return absl::InternalError(absl::StrCat("mla decode: smem attribute: ", cudaGetErrorString(err)));
-  float* part_lse = p.workspace;
-  float* part_o = splits > 1 ? p.workspace + LseFloats(splits, p) : nullptr;
-  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p, splits, static_cast<int>(hgroups), part_lse,
-                                                                   part_o);
-  if (splits > 1) {
-    MlaCombineKernel<<<static_cast<unsigned>(p.rows * p.heads), 128, 0, stream>>>(p, splits, part_lse, part_o);
-  }
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p, splits, static_cast<int>(hgroups),
+                                                                   plan.part_lse, plan.part_o);
+  LaunchMlaCombine(p, plan, stream);
   err = cudaGetLastError();
   if (err != cudaSuccess) return absl::InternalError(absl::StrCat("mla decode: launch failed: ", cudaGetErrorString(err)));
   return absl::OkStatus();

@@ -10,6 +10,7 @@
 #include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/mla_reference.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemv.h"
@@ -23,6 +24,8 @@ namespace {
 
 using cuda_testing::DeviceBuffer;
 using cuda_testing::HaveGpu;
+using cuda_testing::MlaCase;
+using cuda_testing::RunMlaCase;
 
 TEST(CudaKernels, RmsNormMatchesCpu) {
   SKIP_WITHOUT_GPU();
@@ -319,97 +322,6 @@ TEST(CudaKernels, RopeSwigluEmbeddingArgmaxMatchCpu) {
   }
 }
 
-// One MLA decode case against a double-precision reference over the same bf16 cache values: rows
-// use disjoint, scrambled pages; row r sees ctx - r positions (at least 1). Returns the rel L2.
-struct MlaCase {
-  int64_t rows, heads, kvr, rope, ctx, block;
-  float q_scale = 0.05f;
-  int64_t capacity = 0;  // tokens the block table holds (>= ctx; 0: just ctx)
-};
-
-double RunMlaCase(const MlaCase& c, cuda::MlaDecodeParams::Algo algo, bool with_workspace) {
-  std::mt19937_64 rng(5 + c.rows * 7 + c.ctx);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int64_t latent = c.kvr + c.rope, blocks_per_row = (std::max(c.ctx, c.capacity) + c.block - 1) / c.block;
-  const int64_t nblocks = blocks_per_row * c.rows + 3;
-  std::vector<uint16_t> cache(nblocks * c.block * latent);
-  for (auto& v : cache) v = FloatToBf16(nd(rng));
-  std::vector<int32_t> tables(c.rows * blocks_per_row), lens(c.rows);
-  for (int64_t r = 0; r < c.rows; ++r) {
-    lens[r] = static_cast<int32_t>(std::max<int64_t>(1, c.ctx - r));
-    for (int64_t b = 0; b < blocks_per_row; ++b)
-      tables[r * blocks_per_row + b] = static_cast<int32_t>((r * blocks_per_row + (b * 5) % blocks_per_row) + 2);
-  }
-  std::vector<float> ql(c.rows * c.heads * c.kvr), qp(c.rows * c.heads * c.rope);
-  for (auto& v : ql) v = nd(rng) * c.q_scale;
-  for (auto& v : qp) v = nd(rng) * c.q_scale;
-  const float scale = 0.1352f;
-  std::vector<double> want(c.rows * c.heads * c.kvr, 0.0);
-  for (int64_t r = 0; r < c.rows; ++r)
-    for (int64_t h = 0; h < c.heads; ++h) {
-      std::vector<double> sc(lens[r]);
-      double mx = -1e300;
-      for (int32_t j = 0; j < lens[r]; ++j) {
-        const uint16_t* cj = cache.data() + (tables[r * blocks_per_row + j / c.block] * c.block + j % c.block) * latent;
-        double s = 0;
-        for (int64_t d = 0; d < c.kvr; ++d) s += ql[(r * c.heads + h) * c.kvr + d] * Bf16ToFloat(cj[d]);
-        for (int64_t d = 0; d < c.rope; ++d) s += qp[(r * c.heads + h) * c.rope + d] * Bf16ToFloat(cj[c.kvr + d]);
-        sc[j] = s * scale;
-        mx = std::max(mx, sc[j]);
-      }
-      double sum = 0;
-      for (auto& v : sc) sum += v = std::exp(v - mx);
-      for (int32_t j = 0; j < lens[r]; ++j) {
-        const uint16_t* cj = cache.data() + (tables[r * blocks_per_row + j / c.block] * c.block + j % c.block) * latent;
-        for (int64_t d = 0; d < c.kvr; ++d) want[(r * c.heads + h) * c.kvr + d] += sc[j] / sum * Bf16ToFloat(cj[d]);
-      }
-    }
-  std::unique_ptr<DeviceBuffer<uint16_t>> dc(Upload(cache));
-  std::unique_ptr<DeviceBuffer<int32_t>> dt(Upload(tables)), dlen(Upload(lens));
-  std::unique_ptr<DeviceBuffer<float>> dql(Upload(ql)), dqp(Upload(qp));
-  DeviceBuffer<float> out(want.size());
-  const size_t ws_bytes = cuda::MlaDecodeWorkspaceBytes(c.heads, c.kvr);
-  DeviceBuffer<float> ws(with_workspace ? ws_bytes / 4 : 1);
-  // NaN everywhere first: every output element must be written.
-  EXPECT_EQ(cudaMemset(out.ptr, 0xff, want.size() * 4), cudaSuccess);
-  cuda::MlaDecodeParams p;
-  p.q_lat = dql->ptr;
-  p.q_pe = dqp->ptr;
-  p.cache = reinterpret_cast<__nv_bfloat16*>(dc->ptr);
-  p.block_stride = c.block * latent;
-  p.block_tables = dt->ptr;
-  p.context_lens = dlen->ptr;
-  p.o_lat = out.ptr;
-  p.rows = c.rows;
-  p.heads = c.heads;
-  p.kv_lora_rank = c.kvr;
-  p.rope_dim = c.rope;
-  p.block_size = c.block;
-  p.max_blocks = blocks_per_row;
-  p.softmax_scale = scale;
-  p.algo = algo;
-  if (with_workspace) {
-    p.workspace = ws.ptr;
-    p.workspace_bytes = ws_bytes;
-  }
-  absl::Status st = cuda::MlaDecode(p, nullptr);
-  EXPECT_TRUE(st.ok()) << st;
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  auto got = Download(out.ptr, want.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  const double err = std::sqrt(num / den);
-  std::printf("[ cuda ] mla decode %s%s rows=%ld heads=%ld latent=%ld+%ld ctx=%ld block=%ld rel L2 %.3g\n",
-              algo == cuda::MlaDecodeParams::Algo::kExact ? "exact" : "tensor-core",
-              with_workspace ? "" : " (no workspace)", static_cast<long>(c.rows), static_cast<long>(c.heads),
-              static_cast<long>(c.kvr), static_cast<long>(c.rope), static_cast<long>(c.ctx),
-              static_cast<long>(c.block), err);
-  return std::isnan(err) ? 1e30 : err;
-}
-
 TEST(CudaKernels, MlaDecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const MlaCase cases[] = {{1, 1, 512, 64, 1, 64},   {3, 3, 512, 64, 20, 16},  {1, 128, 512, 64, 140, 64},
@@ -420,8 +332,8 @@ TEST(CudaKernels, MlaDecodeMatchesCpu) {
   }
 }
 
-// The tensor-core kernel: q and the softmax weights in bf16 (so ~2^-9 relative per product),
-// float32 accumulation. Awkward sizes: 1, 3 and 63 rows; contexts 1, 20, 140 and 4096 crossing
+// The mma.sync tensor-core kernel (kMmaSync; the wgmma one: mla_wgmma_test.cc): q and the
+// softmax weights in bf16 (so ~2^-9 relative per product), float32 accumulation. Awkward sizes: 1, 3 and 63 rows; contexts 1, 20, 140 and 4096 crossing
 // pages of 1, 8, 16 and 64 slots; heads not a multiple of 64; the golden models' latent sizes;
 // peaked softmax (larger q); the split-context path (few rows, long context: the golden models'
 // sizes too, and a short context in a long table, whose later slices are empty) with and without
@@ -434,10 +346,10 @@ TEST(CudaKernels, MlaDecodeTensorCoreMatchesCpu) {
                            {2, 128, 512, 64, 1000, 64, 0.5f}, {1, 4, 160, 32, 1000, 8},
                            {2, 3, 96, 16, 2000, 16},    {1, 4, 160, 32, 30, 8, 0.05f, 4096}};
   for (const MlaCase& c : cases) {
-    EXPECT_LE(RunMlaCase(c, cuda::MlaDecodeParams::Algo::kTensorCore, true), 1e-2)
+    EXPECT_LE(RunMlaCase(c, cuda::MlaDecodeParams::Algo::kMmaSync, true), 1e-2)
         << "rows=" << c.rows << " heads=" << c.heads << " ctx=" << c.ctx;
   }
-  EXPECT_LE(RunMlaCase({1, 128, 512, 64, 4096, 64}, cuda::MlaDecodeParams::Algo::kTensorCore, false), 1e-2);
+  EXPECT_LE(RunMlaCase({1, 128, 512, 64, 4096, 64}, cuda::MlaDecodeParams::Algo::kMmaSync, false), 1e-2);
 }
 
 TEST(CudaKernels, GroupedGemvAndCombineMatchCpu) {
