@@ -1,5 +1,5 @@
 // GPU kernel benchmarks at DeepSeek-R1's real dimensions, each figure against its floor.
-//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|mla|moelayer|moe] [--mla BATCH CTX]
+//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|mla|moelayer|moe] [--mla BATCH CTX] [--moe-tokens N]
 // Floors: the device-to-device copy bandwidth measured in the same run (bytes that must move /
 // measured HBM bandwidth) and the dense FP8 / BF16 tensor rate given below (flops / rate).
 // Reference in the same command: bench/gpu/torch_ref.py (PyTorch) — see bench/README.md.
@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
@@ -16,6 +17,7 @@
 
 #include "common/dtype.h"
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/grouped_gemv.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/mla_decode.h"
@@ -139,10 +141,10 @@ void Line(const char* what, double us, double flops, double bytes, double hbm, d
 }
 
 // See main's section 4.
-void MoeLayerBench(double hbm, bool quick) {
+void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
   const int64_t E = 256, inter = 2048, hd = 7168, topk = 8, kb = hd / 128;
-  std::printf("\nMoE layer (router + permutation + grouped FP8 GEMV gate/up/down + SwiGLU + combine), 256 experts "
-              "of 2048 x 7168, top 8\n");
+  std::printf("\nMoE layer (router + permutation + grouped FP8 GEMV or GEMM gate/up/down + SwiGLU + combine), 256 "
+              "experts of 2048 x 7168, top 8\n");
   // Random finite e4m3 codes (bit 6 clear: no NaN, |w| < 2), a 64 MB pattern repeated.
   std::mt19937 rng(11);
   std::vector<uint8_t> pat(size_t{64} << 20);
@@ -165,18 +167,29 @@ void MoeLayerBench(double hbm, bool quick) {
   auto* sg = static_cast<float*>(Alloc(E * (inter / 128) * kb * 4));
   auto* su = static_cast<float*>(Alloc(E * (inter / 128) * kb * 4));
   auto* sd = static_cast<float*>(Alloc(E * (hd / 128) * (inter / 128) * 4));
-  fill_f32(sg, E * (inter / 128) * kb, 0.01f, 0.0f), fill_f32(su, E * (inter / 128) * kb, 0.01f, 0.0f);
-  fill_f32(sd, E * (hd / 128) * (inter / 128), 0.01f, 0.0f);
+  // Block scales that differ from block to block, as a checkpoint's do (the GEMM rescales its
+  // accumulators wherever the scale changes).
+  fill_f32(sg, E * (inter / 128) * kb, 0.01f, 0.002f), fill_f32(su, E * (inter / 128) * kb, 0.01f, 0.002f);
+  fill_f32(sd, E * (hd / 128) * (inter / 128), 0.01f, 0.002f);
   auto* wr = static_cast<float*>(Alloc(E * hd * 4));
   auto* bias = static_cast<float*>(Alloc(E * 4));
   fill_f32(wr, E * hd, 0.0f, 0.02f), fill_f32(bias, E, 0.0f, 0.01f);
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
-  for (int64_t t : quick ? std::vector<int64_t>{1, 64, 4096} : std::vector<int64_t>{1, 8, 64, 256, 4096}) {
+  std::vector<int64_t> token_counts = quick ? std::vector<int64_t>{1, 64, 4096} : std::vector<int64_t>{1, 8, 64, 256, 4096};
+  if (only_tokens > 0) token_counts = {only_tokens};
+  for (int64_t t : token_counts) {
     const int64_t entries = t * topk;
     auto* xf = static_cast<float*>(Alloc(t * hd * 4));    // normed input, float32 (router)
     auto* xb = static_cast<__nv_bfloat16*>(Alloc(t * hd * 2));  // and bf16 (experts)
     fill_f32(xf, t * hd, 0.0f, 1.0f);
+    {
+      std::vector<float> f(t * hd);
+      std::vector<uint16_t> b(t * hd);
+      CHECK_CUDA(cudaMemcpy(f.data(), xf, t * hd * 4, cudaMemcpyDeviceToHost));
+      for (size_t i = 0; i < f.size(); ++i) b[i] = r1::FloatToBf16(f[i]);
+      CHECK_CUDA(cudaMemcpy(xb, b.data(), t * hd * 2, cudaMemcpyHostToDevice));
+    }
     auto* out = static_cast<float*>(Alloc(t * hd * 4));
     auto* logits = static_cast<float*>(Alloc(t * E * 4));
     auto* ids = static_cast<int32_t*>(Alloc(entries * 4));
@@ -191,10 +204,27 @@ void MoeLayerBench(double hbm, bool quick) {
     auto* eu = static_cast<__nv_bfloat16*>(Alloc(entries * inter * 2));
     auto* ey = static_cast<__nv_bfloat16*>(Alloc(entries * hd * 2));
     bool ok = true;
-    auto layer = [&] {
-      auto chk = [&](const absl::Status& st) {
-        if (!st.ok() && ok) std::fprintf(stderr, "moe layer: %s\n", std::string(st.message()).c_str()), ok = false;
-      };
+    auto chk = [&](const absl::Status& st) {
+      if (!st.ok() && ok) std::fprintf(stderr, "moe layer: %s\n", std::string(st.message()).c_str()), ok = false;
+    };
+    // One expert projection over the permuted rows: the grouped GEMV, or the grouped GEMM with
+    // `tile_rows` (0: its own choice).
+    auto project = [&](bool gemm, int tile_rows, int tile_k, const __nv_fp8_e4m3* wt, const float* sc,
+                       const __nv_bfloat16* in, __nv_bfloat16* o, int64_t n, int64_t k) {
+      if (gemm) {
+        r1::cuda::GroupedFp8GemmParams gp;
+        gp.x = in, gp.offsets = off, gp.w = wt, gp.scales = sc, gp.y = o, gp.experts = E, gp.n = n, gp.k = k;
+        gp.w_stride = k, gp.scale_stride = k / 128, gp.max_rows = entries, gp.tile_rows = tile_rows;
+        gp.tile_k = tile_k;
+        chk(r1::cuda::GroupedFp8Gemm(gp, stream));
+        return;
+      }
+      r1::cuda::GroupedFp8GemvParams gp;
+      gp.x = in, gp.offsets = off, gp.w = wt, gp.scales = sc, gp.y = o, gp.experts = E, gp.n = n, gp.k = k;
+      gp.w_stride = k, gp.scale_stride = k / 128;
+      chk(r1::cuda::GroupedFp8Gemv(gp, stream));
+    };
+    auto layer = [&](bool gemm) {
       chk(r1::cuda::LinearF32(xf, wr, logits, t, E, hd, stream));
       r1::cuda::RouterParams rp;
       rp.logits = logits, rp.score_bias = bias, rp.expert_ids = ids, rp.weights = w, rp.tokens = t, rp.experts = E;
@@ -206,41 +236,70 @@ void MoeLayerBench(double hbm, bool quick) {
       pp.workspace = pws;
       chk(r1::cuda::MoePermute(pp, stream));
       chk(r1::cuda::GatherRows(xb, ptok, xe, entries, hd, stream));
-      auto gemv = [&](const __nv_fp8_e4m3* wt, const float* sc, const __nv_bfloat16* in, __nv_bfloat16* o, int64_t n,
-                      int64_t k) {
-        r1::cuda::GroupedFp8GemvParams gp;
-        gp.x = in, gp.offsets = off, gp.w = wt, gp.scales = sc, gp.y = o, gp.experts = E, gp.n = n, gp.k = k;
-        gp.w_stride = k, gp.scale_stride = k / 128;
-        chk(r1::cuda::GroupedFp8Gemv(gp, stream));
-      };
-      gemv(wg, sg, xe, eg, inter, hd);
-      gemv(wu, su, xe, eu, inter, hd);
+      project(gemm, 0, 0, wg, sg, xe, eg, inter, hd);
+      project(gemm, 0, 0, wu, su, xe, eu, inter, hd);
       chk(r1::cuda::Swiglu(r1::cuda::SwigluParams{eg, eu, eg, entries, inter, inter, inter, inter}, stream));
-      gemv(wdn, sd, eg, ey, hd, inter);
+      project(gemm, 0, 0, wdn, sd, eg, ey, hd, inter);
       chk(r1::cuda::MoeCombine(r1::cuda::MoeCombineParams{ey, slot, w, out, t, topk, hd}, stream));
     };
-    layer();
+    // The two layers' outputs on the same routing (out starts at zero; the combine adds to it).
+    std::vector<float> out_gemv(t * hd), out_gemm(t * hd);
+    CHECK_CUDA(cudaMemsetAsync(out, 0, t * hd * 4, stream));
+    layer(false);
+    CHECK_CUDA(cudaMemcpyAsync(out_gemv.data(), out, t * hd * 4, cudaMemcpyDeviceToHost, stream));
+    CHECK_CUDA(cudaMemsetAsync(out, 0, t * hd * 4, stream));
+    layer(true);
+    CHECK_CUDA(cudaMemcpyAsync(out_gemm.data(), out, t * hd * 4, cudaMemcpyDeviceToHost, stream));
     CHECK_CUDA(cudaStreamSynchronize(stream));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < t * hd; ++i) {
+      num += double(out_gemm[i] - out_gemv[i]) * (out_gemm[i] - out_gemv[i]);
+      den += double(out_gemv[i]) * out_gemv[i];
+    }
     // Experts touched by this batch's routing.
     std::vector<int32_t> hid(entries);
     cudaMemcpy(hid.data(), ids, entries * 4, cudaMemcpyDeviceToHost);
     std::vector<char> hit(E, 0);
     for (int32_t e : hid) hit[e] = 1;
     const int64_t touched = std::count(hit.begin(), hit.end(), 1);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    layer();
-    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    const double us = TimeUs([&] { cudaGraphLaunch(exec, stream); cudaStreamSynchronize(stream); }, t >= 4096 ? 3 : 20);
     const double flops = 2.0 * entries * 3.0 * inter * hd + 2.0 * t * E * hd;
     const double bytes = double(touched) * 3.0 * inter * hd + double(E) * hd * 4 + double(t) * hd * 10;
-    char name[96];
-    std::snprintf(name, sizeof name, "moe layer tokens=%-4ld experts touched=%ld%s", static_cast<long>(t),
-                  static_cast<long>(touched), ok ? "" : " (FAILED)");
-    Line(name, us, flops, bytes, hbm, kFp8Tflops);
-    cudaGraphExecDestroy(exec), cudaGraphDestroy(graph);
+    for (bool gemm : {false, true}) {
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      layer(gemm);
+      CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+      CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      const bool slow = !gemm && t >= 4096;
+      const double us = TimeUs([&] { cudaGraphLaunch(exec, stream); cudaStreamSynchronize(stream); }, slow ? 3 : 20);
+      char name[96];
+      std::snprintf(name, sizeof name, "moe layer %s tokens=%-4ld touched=%ld%s", gemm ? "gemm" : "gemv",
+                    static_cast<long>(t), static_cast<long>(touched), ok ? "" : " (FAILED)");
+      Line(name, us, flops, bytes, hbm, kFp8Tflops);
+      cudaGraphExecDestroy(exec), cudaGraphDestroy(graph);
+    }
+    std::printf("    gemm vs gemv layer output: rel L2 %.3g\n", den > 0 ? std::sqrt(num / den) : 0.0);
+    // The projections alone (the routing above): GEMV, and the GEMM at each tile (rows x k).
+    struct Proj { const char* name; const __nv_fp8_e4m3* w; const float* s; const __nv_bfloat16* in; __nv_bfloat16* o;
+                  int64_t n, k; };
+    for (const Proj& pr : {Proj{"gate", wg, sg, xe, eg, inter, hd}, Proj{"down", wdn, sd, eg, ey, hd, inter}}) {
+      const double pflops = 2.0 * entries * pr.n * pr.k, pbytes = double(touched) * pr.n * pr.k;
+      const int def_rows = r1::cuda::GroupedFp8GemmTileRows(entries, E);
+      std::printf("    %s %ldx%ld: floor %.1f us; default tile %dx%d;", pr.name, static_cast<long>(pr.n),
+                  static_cast<long>(pr.k), std::max(pbytes / (hbm * 1e9), pflops / (kBf16Tflops * 1e12)) * 1e6,
+                  def_rows, r1::cuda::GroupedFp8GemmTileK(def_rows));
+      const double gemv_us = TimeUs([&] { project(false, 0, 0, pr.w, pr.s, pr.in, pr.o, pr.n, pr.k); }, t >= 4096 ? 2 : 10);
+      std::printf(" gemv %.1f us (%.0f GB/s)\n     ", gemv_us, pbytes / (gemv_us * 1e-6) / 1e9);
+      for (int tr : {16, 32, 64, 128}) {
+        for (int tk : {64, 128}) {
+          const double us = TimeUs([&] { project(true, tr, tk, pr.w, pr.s, pr.in, pr.o, pr.n, pr.k); }, 10);
+          std::printf(" %dx%d %.1f us (%.0f TF, %.0f GB/s)", tr, tk, us, pflops / (us * 1e-6) / 1e12,
+                      pbytes / (us * 1e-6) / 1e9);
+        }
+      }
+      std::printf("\n");
+    }
     for (void* ptr : std::initializer_list<void*>{xf, xb, out, logits, ids, w, off, ptok, pw, slot, pws, xe, eg, eu, ey})
       cudaFree(ptr);
   }
@@ -251,13 +310,15 @@ void MoeLayerBench(double hbm, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --quick: fewer sizes; --only gemm|mla|moe: one section; --mla BATCH CTX: that MLA case alone.
+  // --quick: fewer sizes; --only gemm|mla|moelayer|moe: one section; --mla BATCH CTX: that MLA
+  // case alone; --moe-tokens N: the MoE layer at N tokens alone (e.g. for a profiler).
   bool quick = false;
   std::string only;
-  int64_t mla_batch = 0, mla_ctx = 0;
+  int64_t mla_batch = 0, mla_ctx = 0, moe_tokens = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
+    if (std::strcmp(argv[i], "--moe-tokens") == 0 && i + 1 < argc) only = "moelayer", moe_tokens = std::atol(argv[++i]);
     if (std::strcmp(argv[i], "--mla") == 0 && i + 2 < argc) {
       only = "mla", mla_batch = std::atol(argv[i + 1]), mla_ctx = std::atol(argv[i + 2]), i += 2;
     }
@@ -405,11 +466,13 @@ int main(int argc, char** argv) {
 
   // 4. The routed MoE layer as the GPU model runs it (worker/model/gpu_model.cc): float32 router
   // GEMV, fused router (sigmoid, 8 groups keep 4, top 8, normalised, x2.5), permutation, row
-  // gather, grouped FP8 GEMV gate and up, SwiGLU, grouped GEMV down, ordered combine into the
-  // float32 residual. Random FP8 weights (finite codes) for 256 experts of 2048 x 7168. Timed as
-  // one captured CUDA graph (as decode steps run). Floor: decode = bytes of the experts touched
-  // (+ router weight) / copy rate; prefill = flops / FP8 dense rate.
-  if (only.empty() || only == "moelayer") MoeLayerBench(hbm, quick);
+  // gather, grouped FP8 GEMV or GEMM gate and up, SwiGLU, grouped GEMV or GEMM down, ordered
+  // combine into the float32 residual; both expert kernels on the same routing, then each
+  // projection alone (GEMV; GEMM at every tile height). Random FP8 weights (finite codes) for 256
+  // experts of 2048 x 7168. Timed as one captured CUDA graph (as decode steps run). Floor: decode
+  // = bytes of the experts touched (+ router weight) / copy rate; prefill = flops / FP8 dense
+  // rate (the projections alone: the BF16 rate, the GEMM's MMA type).
+  if (only.empty() || only == "moelayer") MoeLayerBench(hbm, quick, moe_tokens);
 
   // 3. Routed experts for a decode batch: grouped FP8 GEMV (gate) over 256 experts, 8 per token.
   if (!only.empty() && only != "moe") return 0;

@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "kernels/cuda/dequant_gemm.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/grouped_gemv.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/router.h"
@@ -31,6 +32,14 @@ absl::Status CudaCheck(cudaError_t e, absl::string_view what) {
   if (e == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
+
+// The routed experts run the grouped tensor-core GEMM (bf16 activations) once tokens × top_k
+// reaches this many rows per routed expert, the grouped GEMV below it and in float32 mode.
+// Measured on an H100, R1's MoE layer with each (bench_gpu --only moelayer, bench/README.md "MoE
+// layer"): GEMM / GEMV 217 / 513 µs at 1 token, 1047 / 1952 at 8, 3340 / 13201 at 64: the GEMM
+// is ahead at every batch, so the threshold is 0 (one kernel for all batches also keeps decode
+// equal to prefill bit for bit). A faster small-batch GEMV would raise it.
+constexpr int64_t kGroupedGemmMinRowsPerExpert = 0;
 
 std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
   std::vector<uint16_t> out(v.size());
@@ -735,7 +744,33 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     auto* eu = ws_.eu.as<T>();
     auto* ey = ws_.ey.as<T>();
     R1_RETURN_IF_ERROR(cuda::GatherRows(hb, ws_.perm_tokens.as<int32_t>(), xe, entries, hd, stream_));
-    auto gemv = [&](const ExpertBank& b, const T* in, T* out) {
+    // bf16 activations: the grouped tensor-core GEMM from kGroupedGemmMinRowsPerExpert rows per
+    // expert on; below that, and in float32 mode, the GEMV. Shapes the GEMM does not take
+    // (InvalidArgument: k % 8, odd n) run the GEMV.
+    const bool grouped_gemm = !kF32 && entries >= kGroupedGemmMinRowsPerExpert * ne;
+    auto project = [&](const ExpertBank& b, const T* in, T* out) -> absl::Status {
+      if constexpr (!kF32) {
+        if (grouped_gemm) {
+          cuda::GroupedFp8GemmParams mp;
+          mp.x = in;
+          mp.offsets = ws_.offsets.as<int32_t>();
+          if (b.fp8) {
+            mp.w = b.w.as<__nv_fp8_e4m3>();
+            mp.scales = b.scales.as<float>();
+          } else {
+            mp.w_bf16 = b.w.as<__nv_bfloat16>();
+          }
+          mp.y = out;
+          mp.experts = ne;
+          mp.n = b.n;
+          mp.k = b.k;
+          mp.w_stride = b.w_stride;
+          mp.scale_stride = b.scale_stride;
+          mp.max_rows = entries;
+          absl::Status st = cuda::GroupedFp8Gemm(mp, stream_);
+          if (!absl::IsInvalidArgument(st)) return st;
+        }
+      }
       cuda::GroupedFp8GemvParamsT<T> gp;
       gp.x = in;
       gp.offsets = ws_.offsets.as<int32_t>();
@@ -753,10 +788,10 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
       gp.scale_stride = b.scale_stride;
       return cuda::GroupedFp8Gemv(gp, stream_);
     };
-    R1_RETURN_IF_ERROR(gemv(L.gate, xe, eg));
-    R1_RETURN_IF_ERROR(gemv(L.up, xe, eu));
+    R1_RETURN_IF_ERROR(project(L.gate, xe, eg));
+    R1_RETURN_IF_ERROR(project(L.up, xe, eu));
     R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{eg, eu, eg, entries, inter, inter, inter, inter}, stream_));
-    R1_RETURN_IF_ERROR(gemv(L.down, eg, ey));
+    R1_RETURN_IF_ERROR(project(L.down, eg, ey));
     R1_RETURN_IF_ERROR(cuda::MoeCombine(cuda::MoeCombineParamsT<T>{ey, ws_.slot.as<int32_t>(), ws_.expert_w.as<float>(),
                                                                    xf, t, k, hd}, stream_));
     if (L.has_shared) R1_RETURN_IF_ERROR(RunMlp(L.shared, hb, t, xf));
