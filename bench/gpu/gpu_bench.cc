@@ -1,5 +1,5 @@
 // GPU kernel benchmarks at DeepSeek-R1's real dimensions, each figure against its floor.
-//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|mla|moelayer|moe] [--mla BATCH CTX] [--moe-tokens N]
+//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|gemv|mla|moelayer|moe] [--mla BATCH CTX] [--moe-tokens N]
 // Floors: the device-to-device copy bandwidth measured in the same run (bytes that must move /
 // measured HBM bandwidth) and the dense FP8 / BF16 tensor rate given below (flops / rate).
 // Reference in the same command: bench/gpu/torch_ref.py (PyTorch) — see bench/README.md.
@@ -124,6 +124,35 @@ double TimeUs(F&& f, int reps = 20) {
   return ms[reps / 2] * 1000.0;
 }
 
+// Per-launch µs of `per_graph` calls f(i, stream) captured back to back in one CUDA graph (as the
+// model's decode steps run: no host work between launches), median of `reps` replays.
+template <typename F>
+double TimeGraphUs(F&& f, int per_graph = 20, int reps = 10) {
+  cudaStream_t s;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < per_graph; ++i) f(i, s);
+  CHECK_CUDA(cudaStreamEndCapture(s, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  std::vector<float> ms(reps);
+  CHECK_CUDA(cudaGraphLaunch(exec, s));  // warm-up
+  for (int i = 0; i < reps; ++i) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    CHECK_CUDA(cudaGraphLaunch(exec, s));
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    CHECK_CUDA(cudaEventElapsedTime(&ms[i], a, b));
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b), cudaGraphExecDestroy(exec), cudaGraphDestroy(graph), cudaStreamDestroy(s);
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2] * 1000.0 / per_graph;
+}
+
 double MeasureHbmGBs() {
   const size_t bytes = size_t{4} << 30;
   void* src = Alloc(bytes);
@@ -138,6 +167,81 @@ void Line(const char* what, double us, double flops, double bytes, double hbm, d
   const double floor_us = std::max(bytes / (hbm * 1e9), flops / (rate_tflops * 1e12)) * 1e6;
   std::printf("%-44s %9.1f us %8.1f TFLOP/s %7.0f GB/s | floor %8.1f us | measured/floor %5.2f\n", what, us,
               flops / (us * 1e-6) / 1e12, bytes / (us * 1e-6) / 1e9, floor_us, us / floor_us);
+}
+
+// See main's section 1b.
+void FewRowsBench(double hbm, bool quick) {
+  std::printf("\nFew rows (decode): DenseGemv against cuBLASLt, each launch on another copy of the weight (>= 512 MB "
+              "in turn: L2 cold), 20 launches per CUDA graph\n");
+  auto runner = r1::cuda::GemmRunner::Create();
+  if (!runner.ok()) return;
+  struct Shape { const char* name; int64_t n, k; };
+  const Shape shapes[] = {{"q_a_proj", 1536, 7168},       {"q_b_proj", 24576, 1536},   {"kv_a_proj", 576, 7168},
+                          {"o_proj", 7168, 16384},         {"shared gate/up", 2048, 7168}, {"shared down", 7168, 2048}};
+  std::mt19937 rng(5);
+  std::vector<uint8_t> pat(size_t{16} << 20);
+  for (auto& b : pat) b = static_cast<uint8_t>(rng()) & 0xbf;  // finite e4m3 codes, |w| < 2
+  auto fill = [&](void* dst, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += pat.size())
+      CHECK_CUDA(cudaMemcpy(static_cast<char*>(dst) + off, pat.data(), std::min(bytes - off, pat.size()),
+                            cudaMemcpyHostToDevice));
+  };
+  for (const Shape& sh : shapes) {
+    const int64_t wbytes = sh.n * sh.k, kb = (sh.k + 127) / 128, stride = r1::cuda::Fp8ScaleStride(sh.k);
+    const int copies = static_cast<int>(std::min<int64_t>(64, ((int64_t{512} << 20) + wbytes - 1) / wbytes));
+    std::vector<void*> w(copies), ws(copies);
+    for (int i = 0; i < copies; ++i) {
+      w[i] = Alloc(wbytes);
+      fill(w[i], wbytes);
+      ws[i] = Alloc(((sh.n + 127) / 128) * stride * 4);
+      std::vector<float> sc(((sh.n + 127) / 128) * stride, 0.01f);
+      CHECK_CUDA(cudaMemcpy(ws[i], sc.data(), sc.size() * 4, cudaMemcpyHostToDevice));
+    }
+    for (int64_t m : quick ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{1, 2, 4, 8, 16}) {
+      const int64_t mp = r1::cuda::Fp8PaddedRows(m);
+      auto* xq = static_cast<__nv_fp8_e4m3*>(Alloc(mp * sh.k));
+      fill(xq, mp * sh.k);
+      auto* xs = static_cast<float*>(Alloc(mp * kb * 4));
+      std::vector<float> xsv(mp * kb, 0.01f);
+      CHECK_CUDA(cudaMemcpy(xs, xsv.data(), xsv.size() * 4, cudaMemcpyHostToDevice));
+      auto* xb = static_cast<__nv_bfloat16*>(Alloc(mp * sh.k * 2, 0x3c));
+      auto* y = static_cast<__nv_bfloat16*>(Alloc(mp * sh.n * 2));
+      bool ok = true;
+      auto chk = [&](const absl::Status& st) {
+        if (!st.ok() && ok) std::fprintf(stderr, "%s: %s\n", sh.name, std::string(st.message()).c_str()), ok = false;
+      };
+      auto gemv = [&](int i, cudaStream_t s, bool fp8_x) {
+        r1::cuda::DenseGemvParams p;
+        if (fp8_x) {
+          p.x_q = xq, p.x_scales = xs, p.x_scale_rows = mp;
+        } else {
+          p.x = xb;
+        }
+        p.w = static_cast<const __nv_fp8_e4m3*>(w[i % copies]), p.scales = static_cast<const float*>(ws[i % copies]);
+        p.y = y, p.m = m, p.n = sh.n, p.k = sh.k, p.w_stride = sh.k, p.scale_stride = stride;
+        chk(r1::cuda::DenseGemv(p, s));
+      };
+      const double flops = 2.0 * m * sh.n * sh.k, bytes = double(wbytes) + double(m) * sh.k + 2.0 * m * sh.n;
+      const double us_cublas = TimeGraphUs([&](int i, cudaStream_t s) {
+        chk((*runner)->Fp8({xq, xs, static_cast<const __nv_fp8_e4m3*>(w[i % copies]),
+                            static_cast<const float*>(ws[i % copies]), y, m, sh.n, sh.k}, s));
+      });
+      const double us_fp8 = TimeGraphUs([&](int i, cudaStream_t s) { gemv(i, s, true); });
+      const double us_bf16 = TimeGraphUs([&](int i, cudaStream_t s) { gemv(i, s, false); });
+      char name[96];
+      std::snprintf(name, sizeof name, "cublasLt fp8 %-14s M=%-2ld N=%-5ld K=%ld", sh.name, static_cast<long>(m),
+                    static_cast<long>(sh.n), static_cast<long>(sh.k));
+      Line(name, us_cublas, flops, bytes, hbm, kFp8Tflops);
+      std::snprintf(name, sizeof name, "gemv fp8 x   %-14s M=%-2ld%s", sh.name, static_cast<long>(m), ok ? "" : " FAILED");
+      Line(name, us_fp8, flops, bytes, hbm, kFp8Tflops);
+      std::snprintf(name, sizeof name, "gemv bf16 x  %-14s M=%-2ld%s", sh.name, static_cast<long>(m), ok ? "" : " FAILED");
+      Line(name, us_bf16, flops, bytes + m * sh.k, hbm, kFp8Tflops);
+      std::printf("    -> gemv fp8 x: %.0f%% of the copy rate, %.2fx faster than cuBLASLt\n",
+                  100.0 * bytes / (us_fp8 * 1e-6) / 1e9 / hbm, us_cublas / us_fp8);
+      cudaFree(xq), cudaFree(xs), cudaFree(xb), cudaFree(y);
+    }
+    for (int i = 0; i < copies; ++i) cudaFree(w[i]), cudaFree(ws[i]);
+  }
 }
 
 // See main's section 4.
@@ -310,8 +414,9 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --quick: fewer sizes; --only gemm|mla|moelayer|moe: one section; --mla BATCH CTX: that MLA
-  // case alone; --moe-tokens N: the MoE layer at N tokens alone (e.g. for a profiler).
+  // --quick: fewer sizes; --only gemm|gemv|mla|moelayer|moe: one section (gemm includes gemv);
+  // --mla BATCH CTX: that MLA case alone; --moe-tokens N: the MoE layer at N tokens alone (e.g. for
+  // a profiler).
   bool quick = false;
   std::string only;
   int64_t mla_batch = 0, mla_ctx = 0, moe_tokens = 0;
@@ -362,6 +467,10 @@ int main(int argc, char** argv) {
       }
     }
   }
+
+  // 1b. Few rows (decode batches): the GEMV against cuBLASLt at the dense layers' shapes, weights
+  // cold in L2, launches back to back in a graph. Floor: the weight bytes over the copy rate.
+  if (only.empty() || only == "gemm" || only == "gemv") FewRowsBench(hbm, quick);
 
   // 2. MLA decode (absorbed) over the paged bf16 latent cache: 128 heads, latent 512 + 64. Bytes:
   // the cache rows read, q read and o_lat written (float32, as the interface takes them).
@@ -502,12 +611,14 @@ int main(int argc, char** argv) {
     r1::cuda::GroupedFp8GemvParams gp;
     gp.x = x, gp.offsets = doff, gp.w = w, gp.scales = sc, gp.y = y, gp.experts = E, gp.n = n, gp.k = k;
     gp.w_stride = k, gp.scale_stride = k / 128;
-    const double us = TimeUs([&] { (void)r1::cuda::GroupedFp8Gemv(gp, nullptr); }, 10);
+    bool ok = true;
+    const double us = TimeGraphUs([&](int, cudaStream_t s) { ok &= r1::cuda::GroupedFp8Gemv(gp, s).ok(); });
     const double bytes = double(touched) * n * k, flops = 2.0 * tokens * topk * n * k;
     char name[96];
-    std::snprintf(name, sizeof name, "moe gate tokens=%-4ld experts touched=%ld", static_cast<long>(tokens),
-                  static_cast<long>(touched));
+    std::snprintf(name, sizeof name, "moe gate tokens=%-4ld experts touched=%ld%s", static_cast<long>(tokens),
+                  static_cast<long>(touched), ok ? "" : " FAILED");
     Line(name, us, flops, bytes, hbm, kFp8Tflops);
+    std::printf("    -> %.0f%% of the copy rate (graph of 20 launches)\n", 100.0 * bytes / (us * 1e-6) / 1e9 / hbm);
     cudaFree(doff), cudaFree(x), cudaFree(y);
   }
   cudaFree(w), cudaFree(sc);

@@ -549,18 +549,49 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
 }
 
 absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y) {
-  if (!w.fp8) return gemm_->Bf16({x, w.w.as<__nv_bfloat16>(), y, m, w.n, w.k}, stream_);
-  const bool quantise = options_.activations == GpuActivations::kFp8 && (w.gemm < 0 || (options_.fp8_gemms >> w.gemm & 1));
-  if (!quantise) {
-    auto* scratch = ws_.w_scratch.as<__nv_bfloat16>();
-    R1_RETURN_IF_ERROR(cuda::DequantizeFp8ToBf16({w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), scratch, w.n, w.k,
-                                                  w.k_stored, w.scale_stride}, stream_));
-    return gemm_->Bf16({x, scratch, y, m, w.n, w.k}, stream_);
+  const bool quantise =
+      w.fp8 && options_.activations == GpuActivations::kFp8 && (w.gemm < 0 || (options_.fp8_gemms >> w.gemm & 1));
+  // A row or so of a narrow layer (decode): the GEMV reads the weight once, as stored, without
+  // cuBLASLt's fixed cost per launch (GpuModelOptions::gemv_max_rows, bench/README.md).
+  const bool gemv = m <= options_.gemv_max_rows && w.n <= options_.gemv_max_cols;
+  cuda::DenseGemvParams g;
+  g.y = y;
+  g.m = m;
+  g.n = w.n;
+  g.k = w.k;
+  g.w_stride = w.k_stored;
+  if (w.fp8) {
+    g.w = w.w.as<__nv_fp8_e4m3>();
+    g.scales = w.scales.as<float>();
+    g.scale_stride = w.scale_stride;
+  } else {
+    g.w_bf16 = w.w.as<__nv_bfloat16>();
   }
-  auto* q = ws_.quant_q.as<__nv_fp8_e4m3>();
-  auto* s = ws_.quant_scales.as<float>();
-  R1_RETURN_IF_ERROR(cuda::QuantizeFp8PerToken128({x, q, s, m, w.k, w.k_stored}, stream_));
-  return gemm_->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, stream_);
+  if (quantise) {
+    // The same FP8 x FP8 product either way: codes and per-token scales from the quantiser.
+    auto* q = ws_.quant_q.as<__nv_fp8_e4m3>();
+    auto* s = ws_.quant_scales.as<float>();
+    R1_RETURN_IF_ERROR(cuda::QuantizeFp8PerToken128({x, q, s, m, w.k, w.k_stored}, stream_));
+    if (!gemv) return gemm_->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, stream_);
+    g.x_q = q;
+    g.x_scales = s;
+    g.x_stride = w.k_stored;
+    g.x_scale_rows = cuda::Fp8PaddedRows(m);
+    return cuda::DenseGemv(g, stream_);
+  }
+  if (gemv) {
+    // bf16 x times the weight rounded to bf16 as DequantizeFp8ToBf16 rounds it below: decode
+    // computes the function prefill does.
+    g.x = x;
+    g.x_stride = w.k;
+    g.w_round_bf16 = w.fp8;
+    return cuda::DenseGemv(g, stream_);
+  }
+  if (!w.fp8) return gemm_->Bf16({x, w.w.as<__nv_bfloat16>(), y, m, w.n, w.k}, stream_);
+  auto* scratch = ws_.w_scratch.as<__nv_bfloat16>();
+  R1_RETURN_IF_ERROR(cuda::DequantizeFp8ToBf16({w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), scratch, w.n, w.k,
+                                                w.k_stored, w.scale_stride}, stream_));
+  return gemm_->Bf16({x, scratch, y, m, w.n, w.k}, stream_);
 }
 
 absl::Status GpuDeepseekV3Model::Linear(const float* x, int64_t m, const GpuLinear& w, float* y) {

@@ -78,11 +78,14 @@ enum class GpuActivations {
   // golden model: the reference-precision mode, and the default.
   kFloat32,
   // bf16 activations; FP8 weights dequantised into a per-GEMM bf16 scratch, then cuBLASLt's bf16
-  // GEMM (tensor cores). Within the golden L2 bound; near-tied router choices can flip.
+  // GEMM (tensor cores); one-row steps of narrow layers run DenseGemv on the FP8 weight instead
+  // (each weight rounded to bf16 as the scratch holds it). Within the golden L2 bound; near-tied
+  // router choices can flip.
   kBf16,
   // DeepSeek's inference numerics: bf16 activations quantised per token in 1x128 groups to FP8,
-  // cuBLASLt's block-scaled FP8 GEMM; routed experts in bf16 (grouped GEMV). The fast path
-  // (bench/), outside the golden bound on the tiny golden models (see docs/design.md).
+  // cuBLASLt's block-scaled FP8 GEMM (DenseGemv on the same codes for one-row steps of narrow
+  // layers); routed experts in bf16 (grouped GEMV). The fast path (bench/), outside the golden
+  // bound on the tiny golden models (see docs/design.md).
   kFp8,
 };
 // The dense linear layers, for GpuModelOptions::fp8_gemms (bit i = 1 << GpuGemm value).
@@ -110,6 +113,16 @@ struct GpuModelOptions {
   // kFp8 only: the layers that quantise their input (bits of GpuGemm); the others take the kBf16
   // path. All by default; single bits measure each layer's share of the error (bench_gpu_numerics).
   uint32_t fp8_gemms = kAllFp8Gemms;
+  // kBf16 and kFp8: linear layers of at most gemv_max_rows rows (decode) and at most
+  // gemv_max_cols output columns run the GEMV (cuda::DenseGemv: the same function as the GEMM
+  // path, summed in another order) instead of cuBLASLt; gemv_max_rows = 0: cuBLASLt always.
+  // Measured on an H100 (bench_gpu --only gemv, CUDA graphs, weights cold in L2): at one row the
+  // GEMV is 1.1-1.6x faster than cuBLASLt on the narrow layers (kv_a 576, q_a 1536, shared
+  // gate/up 2048 columns) and slower on the wide ones (o_proj, shared down 7168, q_b 24576), and
+  // from two rows on it is slower on all but kv_a. The kFloat32 mode keeps its one kernel for
+  // every row count.
+  int64_t gemv_max_rows = 1;
+  int64_t gemv_max_cols = 4096;
   // Loading: reader threads, each copying checkpoint pieces of `load_piece_bytes` into its own
   // pinned buffers and on to the device, so several disk reads and copies are in flight at once.
   int load_threads = 8;
@@ -176,7 +189,9 @@ class GpuDeepseekV3Model {
   // T: the activation element type (float for kFloat32, bf16 otherwise).
   template <typename T>
   absl::Status RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride);
-  // y [m, n] = x [m, k] · W^T in the configured numerics (buffers sized Fp8PaddedRows(m) rows).
+  // y [m, n] = x [m, k] · W^T in the configured numerics (buffers sized Fp8PaddedRows(m) rows);
+  // the GEMV for few rows of a narrow layer (options_.gemv_max_rows / gemv_max_cols), cuBLASLt
+  // otherwise.
   absl::Status Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y);
   absl::Status Linear(const float* x, int64_t m, const GpuLinear& w, float* y);
   // logits [m, V] float32 = h [m, H] · lm_head^T
