@@ -129,6 +129,39 @@ absl::Status GemmRunner::Bf16(const Bf16GemmParams& p, cudaStream_t stream) {
   return RunMatmul(handle_, o, p.w, p.x, y, workspace_, workspace_bytes_, stream);
 }
 
+absl::Status GemmRunner::Bf16Batched(const Bf16BatchedParams& p, cudaStream_t stream) {
+  if (!p.x || !p.w || !p.y) return absl::InvalidArgumentError("bf16 batched gemm: null pointer");
+  if (p.m <= 0 || p.n <= 0 || p.k <= 0 || p.batch <= 0 || p.batch > (1 << 30) ||
+      p.ldx < p.k || p.ldy < p.n || p.ldw < (p.w_kn ? p.n : p.k)) {
+    return absl::InvalidArgumentError(absl::StrCat("bf16 batched gemm: bad shape m=", p.m, " n=", p.n, " k=", p.k,
+                                                   " batch=", p.batch));
+  }
+  // Column-major view: y^T [n, m] = op(w)^T [n, k] · x^T [k, m].
+  LtObjects o;
+  R1_CUBLAS(cublasLtMatmulDescCreate(&o.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
+  const cublasOperation_t ta = p.w_kn ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  R1_CUBLAS(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+  R1_CUBLAS(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+  if (p.w_kn) {
+    R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, CUDA_R_16BF, p.n, p.k, p.ldw), "layout w");
+  } else {
+    R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, CUDA_R_16BF, p.k, p.n, p.ldw), "layout w");
+  }
+  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.b, CUDA_R_16BF, p.k, p.m, p.ldx), "layout x");
+  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.d, p.y_f32 ? CUDA_R_32F : CUDA_R_16BF, p.n, p.m, p.ldy), "layout y");
+  const int32_t batch = static_cast<int32_t>(p.batch);
+  auto batched = [&](cublasLtMatrixLayout_t l, int64_t stride, const char* what) -> absl::Status {
+    R1_CUBLAS(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch), what);
+    R1_CUBLAS(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride),
+              what);
+    return absl::OkStatus();
+  };
+  if (auto st = batched(o.a, p.stride_w, "batch w"); !st.ok()) return st;
+  if (auto st = batched(o.b, p.stride_x, "batch x"); !st.ok()) return st;
+  if (auto st = batched(o.d, p.stride_y, "batch y"); !st.ok()) return st;
+  return RunMatmul(handle_, o, p.w, p.x, p.y, workspace_, workspace_bytes_, stream);
+}
+
 namespace {
 
 // One warp per (token, 128-column group): each lane holds 4 values, a shuffle reduction finds the

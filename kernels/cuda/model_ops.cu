@@ -61,7 +61,7 @@ __global__ void AbsorbQueryKernel(AbsorbQueryParamsT<T> p) {
   const int64_t t = blockIdx.x, h = blockIdx.y, qk = p.nope + p.rope;
   const T* q = p.q + (t * p.heads + h) * qk;
   const float* w = p.w_uk + h * p.nope * p.kvr;
-  for (int64_t c = threadIdx.x; c < p.kvr; c += blockDim.x) {
+  for (int64_t c = threadIdx.x; p.w_uk != nullptr && c < p.kvr; c += blockDim.x) {
     float acc = 0.0f;
     for (int64_t d = 0; d < p.nope; ++d) acc += ToFloat(q[d]) * w[d * p.kvr + c];
     p.q_lat[(t * p.heads + h) * p.kvr + c] = acc;
@@ -95,6 +95,11 @@ __global__ void LinearF32Kernel(const float* x, const float* w, float* y, int64_
   for (int64_t c = lane; c < k; c += 32) acc += x[r * k + c] * w[j * k + c];
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) y[warp] = acc;
+}
+
+__global__ void CastToBf16Kernel(const float* x, __nv_bfloat16* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __float2bfloat16(x[i]);
 }
 
 template <typename T>
@@ -132,7 +137,7 @@ absl::Status LaunchScatterLatent(const ScatterLatentParamsT<T>& p, cudaStream_t 
 
 template <typename T>
 absl::Status LaunchAbsorbQuery(const AbsorbQueryParamsT<T>& p, cudaStream_t stream) {
-  if (!p.q || !p.w_uk || !p.q_lat || !p.q_pe || p.heads <= 0 || p.nope <= 0 || p.kvr <= 0 || p.heads > 65535) {
+  if (!p.q || (p.w_uk && !p.q_lat) || !p.q_pe || p.heads <= 0 || p.nope <= 0 || p.kvr <= 0 || p.heads > 65535) {
     return absl::InvalidArgumentError("absorb query: bad arguments");
   }
   if (p.rows == 0) return absl::OkStatus();
@@ -189,6 +194,13 @@ absl::Status AbsorbQuery(const AbsorbQueryParamsT<__nv_bfloat16>& p, cudaStream_
   return LaunchAbsorbQuery(p, stream);
 }
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<float>& p, cudaStream_t stream) { return LaunchAbsorbQuery(p, stream); }
+
+absl::Status CastToBf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t stream) {
+  if (!x || !out || n < 0) return absl::InvalidArgumentError("cast to bf16: bad arguments");
+  if (n == 0) return absl::OkStatus();
+  CastToBf16Kernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(x, out, n);
+  return Launched("cast to bf16");
+}
 
 absl::Status ApplyValue(const ApplyValueParamsT<__nv_bfloat16>& p, cudaStream_t stream) {
   return LaunchApplyValue(p, stream);

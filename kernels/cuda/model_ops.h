@@ -39,6 +39,7 @@ absl::Status ScatterLatent(const ScatterLatentParamsT<float>& p, cudaStream_t st
 
 // q_lat[t, h, c] = sum_d q[t, h, d] * w_uk[h, d, c] for d < nope, and q_pe[t, h, :] = q[t, h, nope:]
 // (q rows of qk_dim = nope + rope per head, bf16 or float32; w_uk float32 [heads, nope, kvr]).
+// With w_uk null only q_pe is written (q_lat then comes from a tensor-core product).
 template <typename T>
 struct AbsorbQueryParamsT {
   const T* q = nullptr;              // [rows, heads, nope + rope]
@@ -50,6 +51,9 @@ struct AbsorbQueryParamsT {
 using AbsorbQueryParams = AbsorbQueryParamsT<__nv_bfloat16>;
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<__nv_bfloat16>& p, cudaStream_t stream);
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<float>& p, cudaStream_t stream);
+
+// out[i] = bf16(x[i]) for i < n.
+absl::Status CastToBf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t stream);
 
 // out[t, h * v + i] = sum_c w_uv[h, i, c] * o_lat[t, h, c]   (bf16 or float32 out, float32 math)
 template <typename T>

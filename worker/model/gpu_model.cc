@@ -445,6 +445,10 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
         std::memcpy(uk.data() + hh * nope * kvr, kvb.row(hh * (nope + vd)), nope * kvr * sizeof(float));
         std::memcpy(uv.data() + hh * vd * kvr, kvb.row(hh * (nope + vd) + nope), vd * kvr * sizeof(float));
       }
+      if (options_.activations != GpuActivations::kFloat32) {
+        R1_RETURN_IF_ERROR(upload(ToBf16(uk), &L.w_uk_bf16));
+        R1_RETURN_IF_ERROR(upload(ToBf16(uv), &L.w_uv_bf16));
+      }
       R1_RETURN_IF_ERROR(upload(std::move(uk), &L.w_uk));
       R1_RETURN_IF_ERROR(upload(std::move(uv), &L.w_uv));
       L.is_moe = c.is_moe_layer(i);
@@ -511,6 +515,7 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   R1_RETURN_IF_ERROR(a(&ws_.o_lat, t * nh * kvr * 4));
   if (options_.activations != GpuActivations::kFloat32) {
     R1_RETURN_IF_ERROR(a(&ws_.mla, static_cast<int64_t>(cuda::MlaDecodeWorkspaceBytes(nh, kvr))));
+    R1_RETURN_IF_ERROR(a(&ws_.o_lat_bf16, t * nh * kvr * 2));
   }
   R1_RETURN_IF_ERROR(a(&ws_.attn, tp * nh * vd * e));
   R1_RETURN_IF_ERROR(a(&ws_.o, tp * hd * e));
@@ -701,9 +706,25 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     R1_RETURN_IF_ERROR(cuda::ScatterLatent(cuda::ScatterLatentParamsT<T>{kvb, layer_cache, tables, pos, t, lat,
                                                                          cache.block_size, table_stride,
                                                                          cache.block_stride()}, stream_));
-    R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, L.w_uk.as<float>(), ws_.q_lat.as<float>(),
-                                                                     ws_.q_pe.as<float>(), t, nh, nope, rope, kvr},
-                                         stream_));
+    // q_lat = q_nope · w_uk per head: in the bf16/fp8 modes one batched tensor-core product over
+    // the heads (the per-row kernel re-reads w_uk, 33.5 MB at R1's size, for every row); q_pe is
+    // copied out by the kernel either way.
+    bool absorbed = false;
+    if constexpr (!kF32) {
+      R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, nullptr, nullptr, ws_.q_pe.as<float>(), t,
+                                                                       nh, nope, rope, kvr}, stream_));
+      cuda::Bf16BatchedParams bp;
+      bp.x = qb, bp.ldx = nh * qk, bp.stride_x = qk;
+      bp.w = L.w_uk_bf16.as<__nv_bfloat16>(), bp.ldw = kvr, bp.stride_w = nope * kvr, bp.w_kn = true;
+      bp.y = ws_.q_lat.ptr, bp.y_f32 = true, bp.ldy = nh * kvr, bp.stride_y = kvr;
+      bp.m = t, bp.n = kvr, bp.k = nope, bp.batch = nh;
+      absorbed = gemm_->Bf16Batched(bp, stream_).ok();
+    }
+    if (!absorbed) {
+      R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, L.w_uk.as<float>(), ws_.q_lat.as<float>(),
+                                                                       ws_.q_pe.as<float>(), t, nh, nope, rope, kvr},
+                                           stream_));
+    }
     cuda::MlaDecodeParams mp;
     mp.q_lat = ws_.q_lat.as<float>();
     mp.q_pe = ws_.q_pe.as<float>();
@@ -728,8 +749,22 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     }
     R1_RETURN_IF_ERROR(cuda::MlaDecode(mp, stream_));
     auto* attn = ws_.attn.as<T>();
-    R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn, t,
-                                                                   nh, vd, kvr}, stream_));
+    bool applied = false;
+    if constexpr (!kF32) {
+      // attn[t, h, :] = o_lat[t, h, :] · w_uv[h]^T, batched over the heads on tensor cores.
+      auto* ob = ws_.o_lat_bf16.as<__nv_bfloat16>();
+      R1_RETURN_IF_ERROR(cuda::CastToBf16(ws_.o_lat.as<float>(), ob, t * nh * kvr, stream_));
+      cuda::Bf16BatchedParams bp;
+      bp.x = ob, bp.ldx = nh * kvr, bp.stride_x = kvr;
+      bp.w = L.w_uv_bf16.as<__nv_bfloat16>(), bp.ldw = kvr, bp.stride_w = vd * kvr, bp.w_kn = false;
+      bp.y = attn, bp.ldy = nh * vd, bp.stride_y = vd;
+      bp.m = t, bp.n = vd, bp.k = kvr, bp.batch = nh;
+      applied = gemm_->Bf16Batched(bp, stream_).ok();
+    }
+    if (!applied) {
+      R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn,
+                                                                     t, nh, vd, kvr}, stream_));
+    }
     R1_RETURN_IF_ERROR(Linear(attn, t, L.o, ws_.o.as<T>()));
     R1_RETURN_IF_ERROR(AddToResidual(xf, ws_.o.as<T>(), t * hd, stream_));
 
