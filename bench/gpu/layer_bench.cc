@@ -112,12 +112,15 @@ struct Work {
 // One layer's work for a decode step of `b` sequences at context `ctx` (one new token each), or a
 // prefill of `b` tokens (prefill = true: causal attention over the chunk, expanded form's flops,
 // every routed expert touched).
-Work LayerWork(bool moe, double b, double ctx, bool prefill) {
+// touched: routed experts the batch's routing touched, as measured (GpuDeepseekV3Model::
+// LastExpertRows); < 0: the uniform-routing expectation.
+Work LayerWork(bool moe, double b, double ctx, bool prefill, double touched = -1) {
   Work w;
   const double params = moe ? kAttnParams + kRouterParams + kExpertParams : kAttnParams + kDenseMlpParams;
+  if (touched < 0) touched = ExpertsTouched(b);
   // kv_b_proj's absorbed halves (w_uk, w_uv) are kv_b_proj's parameters: counted as its FP8 bytes
   // (the checkpoint's form; the model keeps them in float32, 4x that).
-  w.bytes = kAttnParams + (moe ? 2 * kRouterParams + kExpertParams + ExpertsTouched(b) * kExpertParams : kDenseMlpParams);
+  w.bytes = kAttnParams + (moe ? 2 * kRouterParams + kExpertParams + touched * kExpertParams : kDenseMlpParams);
   w.gemm_flops = 2 * b * (params + (moe ? 8 * kExpertParams : 0));
   if (prefill) {
     w.bytes += b * kLatent * 2;                                      // cache rows written
@@ -134,7 +137,19 @@ Work RestWork(double rows) { return {2 * kVocab * kH + rows * kH * 2, 2 * rows *
 struct Timings {
   double prefill_us = 0;
   std::map<int, double> decode_us;  // by batch
+  // Routed experts with rows in the last MoE layer (-1: no MoE layer), and the most rows one got.
+  double prefill_touched = -1;
+  std::map<int, double> touched;
+  std::map<int, int> max_rows;
 };
+
+// Experts with rows, and the largest row count, in the model's last MoE layer of its last step.
+std::pair<double, int> Touched(r1::GpuDeepseekV3Model& model) {
+  const std::vector<int32_t> rows = OrDie(model.LastExpertRows(), "expert rows");
+  if (rows.empty()) return {-1, 0};
+  return {static_cast<double>(std::count_if(rows.begin(), rows.end(), [](int32_t r) { return r > 0; })),
+          *std::max_element(rows.begin(), rows.end())};
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -180,6 +195,7 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
     if (rep >= warmups) pre_us.push_back(Seconds(t0, Clock::now()) * 1e6);
   }
   out.prefill_us = *std::min_element(pre_us.begin(), pre_us.end());
+  out.prefill_touched = Touched(*model).first;
   std::printf("prefill %d tokens: %.0f us (best of %zu%s) = %.0f tokens/s\n", ctx, out.prefill_us, pre_us.size(),
               warmups ? " after a warm-up" : ", no warm-up", ctx / (out.prefill_us * 1e-6));
 
@@ -209,9 +225,13 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
       if (i >= 2) us.push_back(Seconds(t0, Clock::now()) * 1e6);
     }
     out.decode_us[b] = Median(us);
-    std::printf("decode batch %3d, context %d: %.0f us per step (median of %d; %lld graph replays) = %.0f tokens/s\n", b,
-                ctx, out.decode_us[b], steps, static_cast<long long>(model->graph_replays() - replays0),
-                b / (out.decode_us[b] * 1e-6));
+    const auto [touched, max_rows] = Touched(*model);
+    out.touched[b] = touched;
+    out.max_rows[b] = max_rows;
+    std::printf("decode batch %3d, context %d: %.0f us per step (median of %d; %lld graph replays) = %.0f tokens/s"
+                "; last MoE layer: %.0f experts with rows, at most %d rows\n", b, ctx, out.decode_us[b], steps,
+                static_cast<long long>(model->graph_replays() - replays0), b / (out.decode_us[b] * 1e-6), touched,
+                max_rows);
   }
   return out;
 }
@@ -337,17 +357,18 @@ int main(int argc, char** argv) {
   std::printf("\nPer layer (moe = T4 - T3, dense = (T3 - T1) / 2, rest = T1 - dense); floors at %.0f GB/s,\n"
               "FP8 %.0f / bf16 %.0f TFLOP/s; experts touched: uniform-routing expectation.\n",
               gbs, kFp8Rate / 1e12, kBf16Rate / 1e12);
+  std::printf("Experts touched: as measured in the MoE layer's routing (uniform-routing expectation in brackets).\n");
   std::printf("| step | experts | MoE layer us | bytes floor us | flops floor us | ratio | floor/meas | dense layer us | "
               "dense floor us | ratio | rest us | 4-layer step us | 4-layer floor us |\n");
-  auto row = [&](const char* name, double b, bool prefill, double m4, double m3, double m1) {
+  auto row = [&](const char* name, double b, bool prefill, double m4, double m3, double m1, double touched) {
     const double ctxd = prefill ? 0 : ctx;
-    const Work moe = LayerWork(true, b, ctxd, prefill), dense = LayerWork(false, b, ctxd, prefill);
+    const Work moe = LayerWork(true, b, ctxd, prefill, touched), dense = LayerWork(false, b, ctxd, prefill);
     const double moe_us = m4 - m3, dense_us = (m3 - m1) / 2, rest_us = m1 - dense_us;
     Work all = RestWork(prefill ? 1 : b);
     all += dense * 3;
     all += moe;
-    std::printf("| %s | %.0f | %.0f | %.0f | %.0f | %.2f | %.0f%% | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f |\n", name,
-                prefill ? 256.0 : ExpertsTouched(b), moe_us, moe.bytes_us(gbs), moe.flops_us(), moe_us / moe.floor_us(gbs),
+    std::printf("| %s | %.0f (%.0f) | %.0f | %.0f | %.0f | %.2f | %.0f%% | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f |\n",
+                name, touched >= 0 ? touched : ExpertsTouched(b), prefill ? 256.0 : ExpertsTouched(b), moe_us, moe.bytes_us(gbs), moe.flops_us(), moe_us / moe.floor_us(gbs),
                 100 * moe.floor_us(gbs) / moe_us, dense_us, dense.floor_us(gbs), dense_us / dense.floor_us(gbs), rest_us,
                 m4, all.floor_us(gbs));
     return std::array<double, 3>{moe_us, dense_us, rest_us};
@@ -355,10 +376,10 @@ int main(int argc, char** argv) {
   std::map<int, std::array<double, 3>> per;
   for (int b : batches) {
     const std::string name = "decode B=" + std::to_string(b);
-    per[b] = row(name.c_str(), b, false, t4.decode_us.at(b), t3.decode_us.at(b), t1.decode_us.at(b));
+    per[b] = row(name.c_str(), b, false, t4.decode_us.at(b), t3.decode_us.at(b), t1.decode_us.at(b), t4.touched.at(b));
   }
   const std::string pname = "prefill " + std::to_string(ctx);
-  const auto pp = row(pname.c_str(), ctx, true, t4.prefill_us, t3.prefill_us, t1.prefill_us);
+  const auto pp = row(pname.c_str(), ctx, true, t4.prefill_us, t3.prefill_us, t1.prefill_us, t4.prefill_touched);
 
   std::printf("\nProjection to 61 layers (3 dense + 58 MoE; rest + 3 dense + 58 MoE from the times above; NOT a run):\n");
   for (int b : batches) {
@@ -366,7 +387,7 @@ int main(int argc, char** argv) {
     const double us = p[2] + 3 * p[1] + 58 * p[0];
     Work all = RestWork(b);
     all += LayerWork(false, b, ctx, false) * 3;
-    all += LayerWork(true, b, ctx, false) * 58;
+    all += LayerWork(true, b, ctx, false, t4.touched.at(b)) * 58;
     std::printf("  decode batch %3d: %.1f ms per step = %.0f tokens/s (floor %.1f ms = %.0f tokens/s)\n", b, us / 1e3,
                 b / (us * 1e-6), all.floor_us(gbs) / 1e3, b / (all.floor_us(gbs) * 1e-6));
   }
@@ -374,7 +395,7 @@ int main(int argc, char** argv) {
     const double us = pp[2] + 3 * pp[1] + 58 * pp[0];
     Work all = RestWork(1);
     all += LayerWork(false, ctx, 0, true) * 3;
-    all += LayerWork(true, ctx, 0, true) * 58;
+    all += LayerWork(true, ctx, 0, true, t4.prefill_touched) * 58;
     std::printf("  prefill %d tokens: %.2f s = %.0f tokens/s (floor %.3f s = %.0f tokens/s)\n", ctx, us / 1e6,
                 ctx / (us * 1e-6), all.floor_us(gbs) / 1e6, ctx / (all.floor_us(gbs) * 1e-6));
   }

@@ -105,12 +105,17 @@ inline std::string ConfigJson(int layers, int64_t experts = 256) {
 }
 
 // Random but well-formed values, 8 bytes at a time: FP8 codes with bit 3 clear (never the NaN
-// codes 0x7f / 0xff), BF16 and F32 values of magnitude about 1e-2 / 1e-3.
-inline void Fill(uint8_t* out, size_t bytes, const std::string& dtype, uint64_t seed) {
+// codes 0x7f / 0xff), BF16 and F32 values of magnitude about 1e-2 / 1e-3; `norm`: BF16 in
+// [1, 2), positive, as trained RMSNorm weights are of order one (with 1e-2 weights the router's
+// logits would be ~1e-2 and the 1e-3 score biases would steer every token to the same experts).
+inline void Fill(uint8_t* out, size_t bytes, const std::string& dtype, uint64_t seed, bool norm = false) {
   uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  const uint64_t mask = dtype == "F8_E4M3" ? 0xF7F7F7F7F7F7F7F7ull : dtype == "BF16" ? 0x807F807F807F807Full
-                                                                                        : 0x007FFFFF007FFFFFull;
-  const uint64_t set = dtype == "F8_E4M3" ? 0 : dtype == "BF16" ? 0x3C003C003C003C00ull : 0x3A8000003A800000ull;
+  const uint64_t mask = dtype == "F8_E4M3" ? 0xF7F7F7F7F7F7F7F7ull
+                        : dtype == "BF16"  ? (norm ? 0x007F007F007F007Full : 0x807F807F807F807Full)
+                                           : 0x007FFFFF007FFFFFull;
+  const uint64_t set = dtype == "F8_E4M3" ? 0
+                       : dtype == "BF16"  ? (norm ? 0x3F803F803F803F80ull : 0x3C003C003C003C00ull)
+                                          : 0x3A8000003A800000ull;
   size_t i = 0;
   for (; i + 8 <= bytes; i += 8) {
     s += 0x9E3779B97F4A7C15ull;  // splitmix64
@@ -185,7 +190,8 @@ inline Written WriteCheckpoint(const std::string& dir, int layers, int threads, 
         const size_t per = (n / threads + 7) / 8 * 8;
         for (int i = 0; i < threads; ++i) {
           const size_t a = std::min(n, i * per), b = std::min(n, a + per);
-          pool.emplace_back([&, a, b, i] { Fill(buf.data() + a, b - a, t->dtype, seed * 1000 + i); });
+          const bool norm = t->name.find("norm.weight") != std::string::npos;
+          pool.emplace_back([&, a, b, i, norm] { Fill(buf.data() + a, b - a, t->dtype, seed * 1000 + i, norm); });
         }
         for (auto& th : pool) th.join();
         ++seed;

@@ -129,26 +129,29 @@ absl::Status GemmRunner::Bf16(const Bf16GemmParams& p, cudaStream_t stream) {
   return RunMatmul(handle_, o, p.w, p.x, y, workspace_, workspace_bytes_, stream);
 }
 
-absl::Status GemmRunner::Bf16Batched(const Bf16BatchedParams& p, cudaStream_t stream) {
-  if (!p.x || !p.w || !p.y) return absl::InvalidArgumentError("bf16 batched gemm: null pointer");
+absl::Status GemmRunner::Batched(const BatchedGemmParams& p, cudaStream_t stream) {
+  if (!p.x || !p.w || !p.y) return absl::InvalidArgumentError("batched gemm: null pointer");
   if (p.m <= 0 || p.n <= 0 || p.k <= 0 || p.batch <= 0 || p.batch > (1 << 30) ||
       p.ldx < p.k || p.ldy < p.n || p.ldw < (p.w_kn ? p.n : p.k)) {
-    return absl::InvalidArgumentError(absl::StrCat("bf16 batched gemm: bad shape m=", p.m, " n=", p.n, " k=", p.k,
+    return absl::InvalidArgumentError(absl::StrCat("batched gemm: bad shape m=", p.m, " n=", p.n, " k=", p.k,
                                                    " batch=", p.batch));
   }
   // Column-major view: y^T [n, m] = op(w)^T [n, k] · x^T [k, m].
+  const bool tf32 = p.type == BatchedGemmParams::Type::kTf32;
+  const cudaDataType_t in = tf32 ? CUDA_R_32F : CUDA_R_16BF, out = tf32 || p.y_f32 ? CUDA_R_32F : CUDA_R_16BF;
   LtObjects o;
-  R1_CUBLAS(cublasLtMatmulDescCreate(&o.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
+  R1_CUBLAS(cublasLtMatmulDescCreate(&o.desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F),
+            "desc");
   const cublasOperation_t ta = p.w_kn ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
   R1_CUBLAS(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
   R1_CUBLAS(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
   if (p.w_kn) {
-    R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, CUDA_R_16BF, p.n, p.k, p.ldw), "layout w");
+    R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, in, p.n, p.k, p.ldw), "layout w");
   } else {
-    R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, CUDA_R_16BF, p.k, p.n, p.ldw), "layout w");
+    R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.a, in, p.k, p.n, p.ldw), "layout w");
   }
-  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.b, CUDA_R_16BF, p.k, p.m, p.ldx), "layout x");
-  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.d, p.y_f32 ? CUDA_R_32F : CUDA_R_16BF, p.n, p.m, p.ldy), "layout y");
+  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.b, in, p.k, p.m, p.ldx), "layout x");
+  R1_CUBLAS(cublasLtMatrixLayoutCreate(&o.d, out, p.n, p.m, p.ldy), "layout y");
   const int32_t batch = static_cast<int32_t>(p.batch);
   auto batched = [&](cublasLtMatrixLayout_t l, int64_t stride, const char* what) -> absl::Status {
     R1_CUBLAS(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch), what);

@@ -52,19 +52,23 @@ struct Bf16GemmParams {
   float* y_f32 = nullptr;            // instead of y: a float32 output [m, n] (logits)
 };
 
-// A batch of bf16 products, row-major, float32 accumulation: for b < batch,
+// A batch of products, row-major, float32 accumulation: for b < batch,
 //   y_b[m, n] = x_b[m, k] · w_b^T   (w_b stored [n, k]; w_kn = false), or x_b · w_b (w_b [k, n]).
 // Each operand is given by its first matrix, its row stride (ld*, elements) and the distance
 // between consecutive matrices of the batch (stride_*): so per-head slices of [rows, heads, dim]
 // tensors are read in place (x = base + head offset, ldx = heads * dim, stride_x = dim).
-struct Bf16BatchedParams {
-  const __nv_bfloat16* x = nullptr;
+// kBf16: x, w bf16; y bf16 or float32 (y_f32). kTf32: x, w, y float32, the tensor cores' TF32
+// (inputs rounded to 10 mantissa bits, float32 accumulation).
+struct BatchedGemmParams {
+  enum class Type { kBf16, kTf32 };
+  Type type = Type::kBf16;
+  const void* x = nullptr;
   int64_t ldx = 0, stride_x = 0;
-  const __nv_bfloat16* w = nullptr;
+  const void* w = nullptr;
   int64_t ldw = 0, stride_w = 0;
   bool w_kn = false;
-  void* y = nullptr;      // bf16, or float32 with y_f32
-  bool y_f32 = false;
+  void* y = nullptr;
+  bool y_f32 = false;  // kBf16 only; kTf32 always writes float32
   int64_t ldy = 0, stride_y = 0;
   int64_t m = 0, n = 0, k = 0, batch = 0;
 };
@@ -76,7 +80,7 @@ class GemmRunner {
   ~GemmRunner();
   absl::Status Fp8(const Fp8GemmParams& p, cudaStream_t stream);
   absl::Status Bf16(const Bf16GemmParams& p, cudaStream_t stream);
-  absl::Status Bf16Batched(const Bf16BatchedParams& p, cudaStream_t stream);
+  absl::Status Batched(const BatchedGemmParams& p, cudaStream_t stream);
 
  private:
   GemmRunner() = default;

@@ -102,6 +102,11 @@ __global__ void CastToBf16Kernel(const float* x, __nv_bfloat16* out, int64_t n) 
   if (i < n) out[i] = __float2bfloat16(x[i]);
 }
 
+__global__ void CastToF32Kernel(const __nv_bfloat16* x, float* out, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __bfloat162float(x[i]);
+}
+
 template <typename T>
 __global__ void GatherRowsKernel(const T* x, const int32_t* index, T* out, int64_t count, int64_t dim) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -200,6 +205,13 @@ absl::Status CastToBf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStrea
   if (n == 0) return absl::OkStatus();
   CastToBf16Kernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(x, out, n);
   return Launched("cast to bf16");
+}
+
+absl::Status CastToF32(const __nv_bfloat16* x, float* out, int64_t n, cudaStream_t stream) {
+  if (!x || !out || n < 0) return absl::InvalidArgumentError("cast to f32: bad arguments");
+  if (n == 0) return absl::OkStatus();
+  CastToF32Kernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(x, out, n);
+  return Launched("cast to f32");
 }
 
 absl::Status ApplyValue(const ApplyValueParamsT<__nv_bfloat16>& p, cudaStream_t stream) {

@@ -52,8 +52,9 @@ using AbsorbQueryParams = AbsorbQueryParamsT<__nv_bfloat16>;
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<__nv_bfloat16>& p, cudaStream_t stream);
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<float>& p, cudaStream_t stream);
 
-// out[i] = bf16(x[i]) for i < n.
+// out[i] = bf16(x[i]) / float(x[i]) for i < n.
 absl::Status CastToBf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t stream);
+absl::Status CastToF32(const __nv_bfloat16* x, float* out, int64_t n, cudaStream_t stream);
 
 // out[t, h * v + i] = sum_c w_uv[h, i, c] * o_lat[t, h, c]   (bf16 or float32 out, float32 math)
 template <typename T>

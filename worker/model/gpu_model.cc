@@ -445,10 +445,6 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
         std::memcpy(uk.data() + hh * nope * kvr, kvb.row(hh * (nope + vd)), nope * kvr * sizeof(float));
         std::memcpy(uv.data() + hh * vd * kvr, kvb.row(hh * (nope + vd) + nope), vd * kvr * sizeof(float));
       }
-      if (options_.activations != GpuActivations::kFloat32) {
-        R1_RETURN_IF_ERROR(upload(ToBf16(uk), &L.w_uk_bf16));
-        R1_RETURN_IF_ERROR(upload(ToBf16(uv), &L.w_uv_bf16));
-      }
       R1_RETURN_IF_ERROR(upload(std::move(uk), &L.w_uk));
       R1_RETURN_IF_ERROR(upload(std::move(uv), &L.w_uv));
       L.is_moe = c.is_moe_layer(i);
@@ -515,7 +511,8 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   R1_RETURN_IF_ERROR(a(&ws_.o_lat, t * nh * kvr * 4));
   if (options_.activations != GpuActivations::kFloat32) {
     R1_RETURN_IF_ERROR(a(&ws_.mla, static_cast<int64_t>(cuda::MlaDecodeWorkspaceBytes(nh, kvr))));
-    R1_RETURN_IF_ERROR(a(&ws_.o_lat_bf16, t * nh * kvr * 2));
+    R1_RETURN_IF_ERROR(a(&ws_.q_f32, t * nh * qk * 4));
+    R1_RETURN_IF_ERROR(a(&ws_.attn_f32, t * nh * vd * 4));
   }
   R1_RETURN_IF_ERROR(a(&ws_.attn, tp * nh * vd * e));
   R1_RETURN_IF_ERROR(a(&ws_.o, tp * hd * e));
@@ -706,19 +703,21 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     R1_RETURN_IF_ERROR(cuda::ScatterLatent(cuda::ScatterLatentParamsT<T>{kvb, layer_cache, tables, pos, t, lat,
                                                                          cache.block_size, table_stride,
                                                                          cache.block_stride()}, stream_));
-    // q_lat = q_nope · w_uk per head: in the bf16/fp8 modes one batched tensor-core product over
-    // the heads (the per-row kernel re-reads w_uk, 33.5 MB at R1's size, for every row); q_pe is
-    // copied out by the kernel either way.
+    // q_lat = q_nope · w_uk per head: in the bf16/fp8 modes one batched TF32 tensor-core product
+    // over the heads (the per-row kernel re-reads w_uk, 33.5 MB at R1's size, for every row); the
+    // float32 weights as loaded, q widened to float32. q_pe is copied out by the kernel either way.
     bool absorbed = false;
     if constexpr (!kF32) {
       R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, nullptr, nullptr, ws_.q_pe.as<float>(), t,
                                                                        nh, nope, rope, kvr}, stream_));
-      cuda::Bf16BatchedParams bp;
-      bp.x = qb, bp.ldx = nh * qk, bp.stride_x = qk;
-      bp.w = L.w_uk_bf16.as<__nv_bfloat16>(), bp.ldw = kvr, bp.stride_w = nope * kvr, bp.w_kn = true;
-      bp.y = ws_.q_lat.ptr, bp.y_f32 = true, bp.ldy = nh * kvr, bp.stride_y = kvr;
+      R1_RETURN_IF_ERROR(cuda::CastToF32(qb, ws_.q_f32.as<float>(), t * nh * qk, stream_));
+      cuda::BatchedGemmParams bp;
+      bp.type = cuda::BatchedGemmParams::Type::kTf32;
+      bp.x = ws_.q_f32.ptr, bp.ldx = nh * qk, bp.stride_x = qk;
+      bp.w = L.w_uk.ptr, bp.ldw = kvr, bp.stride_w = nope * kvr, bp.w_kn = true;
+      bp.y = ws_.q_lat.ptr, bp.ldy = nh * kvr, bp.stride_y = kvr;
       bp.m = t, bp.n = kvr, bp.k = nope, bp.batch = nh;
-      absorbed = gemm_->Bf16Batched(bp, stream_).ok();
+      absorbed = gemm_->Batched(bp, stream_).ok();
     }
     if (!absorbed) {
       R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, L.w_uk.as<float>(), ws_.q_lat.as<float>(),
@@ -751,15 +750,18 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     auto* attn = ws_.attn.as<T>();
     bool applied = false;
     if constexpr (!kF32) {
-      // attn[t, h, :] = o_lat[t, h, :] · w_uv[h]^T, batched over the heads on tensor cores.
-      auto* ob = ws_.o_lat_bf16.as<__nv_bfloat16>();
-      R1_RETURN_IF_ERROR(cuda::CastToBf16(ws_.o_lat.as<float>(), ob, t * nh * kvr, stream_));
-      cuda::Bf16BatchedParams bp;
-      bp.x = ob, bp.ldx = nh * kvr, bp.stride_x = kvr;
-      bp.w = L.w_uv_bf16.as<__nv_bfloat16>(), bp.ldw = kvr, bp.stride_w = vd * kvr, bp.w_kn = false;
-      bp.y = attn, bp.ldy = nh * vd, bp.stride_y = vd;
+      // attn[t, h, :] = o_lat[t, h, :] · w_uv[h]^T, batched over the heads (TF32), then to bf16.
+      cuda::BatchedGemmParams bp;
+      bp.type = cuda::BatchedGemmParams::Type::kTf32;
+      bp.x = ws_.o_lat.ptr, bp.ldx = nh * kvr, bp.stride_x = kvr;
+      bp.w = L.w_uv.ptr, bp.ldw = kvr, bp.stride_w = vd * kvr, bp.w_kn = false;
+      bp.y = ws_.attn_f32.ptr, bp.ldy = nh * vd, bp.stride_y = vd;
       bp.m = t, bp.n = vd, bp.k = kvr, bp.batch = nh;
-      applied = gemm_->Bf16Batched(bp, stream_).ok();
+      applied = gemm_->Batched(bp, stream_).ok();
+      if (applied) {
+        R1_RETURN_IF_ERROR(cuda::CastToBf16(ws_.attn_f32.as<float>(), reinterpret_cast<__nv_bfloat16*>(attn),
+                                            t * nh * vd, stream_));
+      }
     }
     if (!applied) {
       R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn,
@@ -866,6 +868,18 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
   // Final norm and lm_head on every row (rows that need no logits are dropped on the host).
   R1_RETURN_IF_ERROR(norm(final_norm_, nullptr));
   return Logits(hb, t);
+}
+
+absl::StatusOr<std::vector<int32_t>> GpuDeepseekV3Model::LastExpertRows() {
+  const int64_t ne = config_.n_routed_experts;
+  if (ne <= 0 || ws_.offsets.ptr == nullptr) return std::vector<int32_t>{};
+  std::vector<int32_t> offsets(ne + 1);
+  R1_RETURN_IF_ERROR(CudaCheck(cudaStreamSynchronize(stream_), "sync"));
+  R1_RETURN_IF_ERROR(CudaCheck(cudaMemcpy(offsets.data(), ws_.offsets.ptr, offsets.size() * 4, cudaMemcpyDeviceToHost),
+                               "expert offsets"));
+  std::vector<int32_t> rows(ne);
+  for (int64_t e = 0; e < ne; ++e) rows[e] = offsets[e + 1] - offsets[e];
+  return rows;
 }
 
 absl::StatusOr<int64_t> GpuDeepseekV3Model::Launch(const std::vector<SequenceStep>& batch, GpuKvCache& cache) {

@@ -157,6 +157,9 @@ class GpuDeepseekV3Model {
   size_t device_weight_bytes() const { return weight_bytes_; }
   // Decode steps replayed from a captured graph so far (for tests and logs).
   int64_t graph_replays() const { return graph_replays_; }
+  // Benchmarks: the rows each routed expert received in the last MoE layer of the last step
+  // (waits for the stream).
+  absl::StatusOr<std::vector<int32_t>> LastExpertRows();
 
  private:
   struct Mlp { GpuLinear gate, up, down; };
@@ -171,9 +174,6 @@ class GpuDeepseekV3Model {
     GpuLinear q_a, q_b, q, kv_a, o;
     DeviceMemory q_a_norm, kv_a_norm;    // float32
     DeviceMemory w_uk, w_uv;             // float32 [NH, nope, kvr], [NH, v, kvr] (kv_b_proj halves)
-    // bf16/fp8 modes: the same rounded to bf16, for the per-head tensor-core products that absorb
-    // q_nope (q_lat = q_nope · w_uk) and apply V (o_lat · w_uv^T), batched over the heads.
-    DeviceMemory w_uk_bf16, w_uv_bf16;
     bool is_moe = false;
     Mlp mlp;
     DeviceMemory router;                 // float32 [E, H]
@@ -221,7 +221,9 @@ class GpuDeepseekV3Model {
     DeviceMemory ids, pos, ctx, tables;   // step inputs
     int64_t table_capacity = 0;           // int32 entries in `tables`
     DeviceMemory x, hf, hb, emb, qa, q, kv, q_lat, q_pe, o_lat, attn, o;
-    DeviceMemory o_lat_bf16;  // bf16/fp8 modes: o_lat rounded for the value product
+    // bf16/fp8 modes: q in float32 and the value product's float32 output, for the per-head TF32
+    // products (q_lat = q_nope · w_uk, attn = o_lat · w_uv^T) batched over the heads.
+    DeviceMemory q_f32, attn_f32;
     DeviceMemory mla;                     // MLA decode split-context partials (bf16 / fp8 modes)
     DeviceMemory g, u, d;                 // dense / shared MLP
     DeviceMemory router_logits, expert_ids, expert_w, offsets, perm_tokens, perm_w, slot, perm_ws;
