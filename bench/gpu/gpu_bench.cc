@@ -328,7 +328,24 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
       gp.w_stride = k, gp.scale_stride = k / 128;
       chk(r1::cuda::GroupedFp8Gemv(gp, stream));
     };
-    auto layer = [&](bool gemm) {
+    // The FP8 x FP8 path (fp8 activations mode): the rows quantised per 1x128 group.
+    auto* xq = static_cast<__nv_fp8_e4m3*>(Alloc(entries * hd));
+    auto* xqs = static_cast<float*>(Alloc(entries * kb * 4));
+    auto quantise = [&](const __nv_bfloat16* in, int64_t k) {
+      r1::cuda::QuantizeRowsParams qp;
+      qp.x = in, qp.q = xq, qp.scales = xqs, qp.rows = entries, qp.k = k, qp.q_stride = k;
+      qp.scale_stride = k / 128;
+      chk(r1::cuda::QuantizeRowsFp8Group128(qp, stream));
+    };
+    auto project_q = [&](int tile_rows, const __nv_fp8_e4m3* wt, const float* sc, __nv_bfloat16* o, int64_t n,
+                         int64_t k) {
+      r1::cuda::GroupedFp8GemmParams gp;
+      gp.x_q = xq, gp.x_scales = xqs, gp.x_stride = k, gp.x_scale_stride = k / 128;
+      gp.offsets = off, gp.w = wt, gp.scales = sc, gp.y = o, gp.experts = E, gp.n = n, gp.k = k;
+      gp.w_stride = k, gp.scale_stride = k / 128, gp.max_rows = entries, gp.tile_rows = tile_rows;
+      chk(r1::cuda::GroupedFp8Gemm(gp, stream));
+    };
+    auto layer = [&](bool gemm, bool fp8 = false) {
       chk(r1::cuda::LinearF32(xf, wr, logits, t, E, hd, stream));
       r1::cuda::RouterParams rp;
       rp.logits = logits, rp.score_bias = bias, rp.expert_ids = ids, rp.weights = w, rp.tokens = t, rp.experts = E;
@@ -340,24 +357,37 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
       pp.workspace = pws;
       chk(r1::cuda::MoePermute(pp, stream));
       chk(r1::cuda::GatherRows(xb, ptok, xe, entries, hd, stream));
-      project(gemm, 0, 0, wg, sg, xe, eg, inter, hd);
-      project(gemm, 0, 0, wu, su, xe, eu, inter, hd);
-      chk(r1::cuda::Swiglu(r1::cuda::SwigluParams{eg, eu, eg, entries, inter, inter, inter, inter}, stream));
-      project(gemm, 0, 0, wdn, sd, eg, ey, hd, inter);
+      if (fp8) {
+        quantise(xe, hd);
+        project_q(0, wg, sg, eg, inter, hd);
+        project_q(0, wu, su, eu, inter, hd);
+        chk(r1::cuda::Swiglu(r1::cuda::SwigluParams{eg, eu, eg, entries, inter, inter, inter, inter}, stream));
+        quantise(eg, inter);
+        project_q(0, wdn, sd, ey, hd, inter);
+      } else {
+        project(gemm, 0, 0, wg, sg, xe, eg, inter, hd);
+        project(gemm, 0, 0, wu, su, xe, eu, inter, hd);
+        chk(r1::cuda::Swiglu(r1::cuda::SwigluParams{eg, eu, eg, entries, inter, inter, inter, inter}, stream));
+        project(gemm, 0, 0, wdn, sd, eg, ey, hd, inter);
+      }
       chk(r1::cuda::MoeCombine(r1::cuda::MoeCombineParams{ey, slot, w, out, t, topk, hd}, stream));
     };
     // The two layers' outputs on the same routing (out starts at zero; the combine adds to it).
-    std::vector<float> out_gemv(t * hd), out_gemm(t * hd);
+    std::vector<float> out_gemv(t * hd), out_gemm(t * hd), out_fp8(t * hd);
     CHECK_CUDA(cudaMemsetAsync(out, 0, t * hd * 4, stream));
     layer(false);
     CHECK_CUDA(cudaMemcpyAsync(out_gemv.data(), out, t * hd * 4, cudaMemcpyDeviceToHost, stream));
     CHECK_CUDA(cudaMemsetAsync(out, 0, t * hd * 4, stream));
     layer(true);
     CHECK_CUDA(cudaMemcpyAsync(out_gemm.data(), out, t * hd * 4, cudaMemcpyDeviceToHost, stream));
+    CHECK_CUDA(cudaMemsetAsync(out, 0, t * hd * 4, stream));
+    layer(true, true);
+    CHECK_CUDA(cudaMemcpyAsync(out_fp8.data(), out, t * hd * 4, cudaMemcpyDeviceToHost, stream));
     CHECK_CUDA(cudaStreamSynchronize(stream));
-    double num = 0, den = 0;
+    double num = 0, den = 0, num8 = 0;
     for (int64_t i = 0; i < t * hd; ++i) {
       num += double(out_gemm[i] - out_gemv[i]) * (out_gemm[i] - out_gemv[i]);
+      num8 += double(out_fp8[i] - out_gemv[i]) * (out_fp8[i] - out_gemv[i]);
       den += double(out_gemv[i]) * out_gemv[i];
     }
     // Experts touched by this batch's routing.
@@ -368,22 +398,25 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
     const int64_t touched = std::count(hit.begin(), hit.end(), 1);
     const double flops = 2.0 * entries * 3.0 * inter * hd + 2.0 * t * E * hd;
     const double bytes = double(touched) * 3.0 * inter * hd + double(E) * hd * 4 + double(t) * hd * 10;
-    for (bool gemm : {false, true}) {
+    for (int mode : {0, 1, 2}) {  // gemv, gemm, gemm fp8 x fp8
+      const bool gemm = mode > 0;
       cudaGraph_t graph = nullptr;
       cudaGraphExec_t exec = nullptr;
       CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      layer(gemm);
+      layer(gemm, mode == 2);
       CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
       CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
       const bool slow = !gemm && t >= 4096;
       const double us = TimeUs([&] { cudaGraphLaunch(exec, stream); cudaStreamSynchronize(stream); }, slow ? 3 : 20);
       char name[96];
-      std::snprintf(name, sizeof name, "moe layer %s tokens=%-4ld touched=%ld%s", gemm ? "gemm" : "gemv",
+      std::snprintf(name, sizeof name, "moe layer %s tokens=%-4ld touched=%ld%s",
+                    mode == 2 ? "gemm fp8" : gemm ? "gemm" : "gemv",
                     static_cast<long>(t), static_cast<long>(touched), ok ? "" : " (FAILED)");
       Line(name, us, flops, bytes, hbm, kFp8Tflops);
       cudaGraphExecDestroy(exec), cudaGraphDestroy(graph);
     }
-    std::printf("    gemm vs gemv layer output: rel L2 %.3g\n", den > 0 ? std::sqrt(num / den) : 0.0);
+    std::printf("    gemm vs gemv layer output: rel L2 %.3g; gemm fp8 x fp8 vs gemv: rel L2 %.3g\n",
+                den > 0 ? std::sqrt(num / den) : 0.0, den > 0 ? std::sqrt(num8 / den) : 0.0);
     // The projections alone (the routing above): GEMV, and the GEMM at each tile (rows x k).
     struct Proj { const char* name; const __nv_fp8_e4m3* w; const float* s; const __nv_bfloat16* in; __nv_bfloat16* o;
                   int64_t n, k; };
@@ -403,8 +436,17 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
         }
       }
       std::printf("\n");
+      // FP8 x FP8: the quantiser alone, then the GEMM at each tile height (k 128).
+      const double q_us = TimeUs([&] { quantise(pr.in, pr.k); }, 10);
+      std::printf("     fp8xfp8: quantise %.1f us;", q_us);
+      for (int tr : {16, 32, 64, 128}) {
+        const double us = TimeUs([&] { project_q(tr, pr.w, pr.s, pr.o, pr.n, pr.k); }, 10);
+        std::printf(" %dx128 %.1f us (%.0f TF, %.0f GB/s)", tr, us, pflops / (us * 1e-6) / 1e12,
+                    pbytes / (us * 1e-6) / 1e9);
+      }
+      std::printf("\n");
     }
-    for (void* ptr : std::initializer_list<void*>{xf, xb, out, logits, ids, w, off, ptok, pw, slot, pws, xe, eg, eu, ey})
+    for (void* ptr : std::initializer_list<void*>{xf, xb, out, logits, ids, w, off, ptok, pw, slot, pws, xe, eg, eu, ey, xq, xqs})
       cudaFree(ptr);
   }
   cudaStreamDestroy(stream);

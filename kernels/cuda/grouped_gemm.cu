@@ -112,18 +112,13 @@ __device__ __forceinline__ uint32_t Fp8x2ToBf16x2(uint32_t codes) {
   return *reinterpret_cast<const uint32_t*>(&b);
 }
 
-template <int BM, int BK, bool kFp8>
-__global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
-    GroupedGemmKernel(GroupedFp8GemmParams p, int n_tiles) {
-  using T = Tile<BM, BK, kFp8>;
-  extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ int s_tile[3];  // expert, first row, end row of this block's tile (expert -1: none)
+// Finds block's tile: the experts' tile counts ceil(rows_e / BM), scanned in order by warp 0
+// over the offsets staged in s_off. Sets s_tile = {expert, first row, end row} or {-1} (no tile).
+// Ends with a barrier, after which s_off's shared memory is free.
+template <int BM>
+__device__ __forceinline__ void FindTile(const GroupedFp8GemmParams& p, int tile, int* s_off,
+                                         int* s_tile) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int tile = static_cast<int>(blockIdx.x / n_tiles),
-            nt = static_cast<int>(blockIdx.x % n_tiles);
-
-  // 1. Find the tile: the experts' tile counts ceil(rows_e / BM), scanned in order by warp 0.
-  int* s_off = reinterpret_cast<int*>(smem);
   for (int i = tid; i <= p.experts; i += kThreads) s_off[i] = p.offsets[i];
   if (tid == 0) s_tile[0] = -1;
   __syncthreads();
@@ -148,7 +143,22 @@ __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
       if (before > tile) break;
     }
   }
-  __syncthreads();  // after this the offsets' shared memory belongs to the pipeline
+  __syncthreads();
+}
+
+template <int BM, int BK, bool kFp8>
+__global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
+    GroupedGemmKernel(GroupedFp8GemmParams p, int n_tiles) {
+  using T = Tile<BM, BK, kFp8>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_tile[3];  // expert, first row, end row of this block's tile (expert -1: none)
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tile = static_cast<int>(blockIdx.x / n_tiles),
+            nt = static_cast<int>(blockIdx.x % n_tiles);
+
+  // 1. Find the tile.
+  int* s_off = reinterpret_cast<int*>(smem);
+  FindTile<BM>(p, tile, s_off, s_tile);
   const int e = s_tile[0];
   if (e < 0) return;
   const int row0 = s_tile[1], rows = s_tile[2] - row0;
@@ -353,10 +363,246 @@ __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
   }
 }
 
+// FP8 × FP8 (GroupedFp8GemmParams::x_q): the same tile schedule and pipeline with both operands
+// e4m3 codes, BK = 128 (one scale block per stage: 128-byte rows for x and W, both swizzled as
+// SwzBf16<128>), multiplied by mma.sync m16n8k32 e4m3 with no conversion. Thread (g, q) reads 8
+// codes k = 8q..8q+7 of each 32-wide slice and feeds them as its logical k = 4q..4q+3 (a0/a1,
+// b0) and 16+4q..16+4q+3 (a2/a3, b1); the same permutation on both operands.
+//
+// Each stage also brings the tile rows' x scales for its k block and the weight block's scale.
+// The accumulators of each row hold the sum in units of that row's combined scale
+// s = x_scale[row, kb] · w_scale[kb] of the block last added, and are multiplied by s_old / s
+// when a block begins (the bf16 kernel's rescaling, per row): the MMAs accumulate code products
+// straight into them, and the epilogue multiplies by the last s.
+//
+// On sm_90 ptxas lowers the e4m3 mma.sync to conversions to f16 (F2FP.F16.E4M3.UNPACK_B) and
+// HMMA.16816.F32 (there is no QMMA; Hopper's FP8 tensor-core rate needs wgmma). The conversions
+// are shared: each A code pair feeds kNi MMAs, each B pair kMi. Measured on an H100 against the
+// bf16-activation kernel (bench_gpu --only moelayer --moe-tokens 4096, 128 rows per expert):
+// gate 2048x7168 5032 us at 64 rows vs 5355 us (its default 128x64), down 5058 vs 5563 us.
+// BM = 128 spills (255 registers); tile_rows 0 picks at most 64.
+template <int BM>
+struct QTile {
+  static constexpr int kWarpCols = kBN / (kThreads / 32);
+  static constexpr int kMi = BM / 16, kNi = kWarpCols / 8;
+  static constexpr int kRowBytes = 128;  // BK = 128 codes
+  static constexpr int kABytes = BM * kRowBytes, kBBytes = kBN * kRowBytes;
+  static constexpr int kSBytes = BM * 4 + 16;  // x scales of the BM rows, then the weight's
+  static constexpr int kStageBytes = kABytes + kBBytes + kSBytes;
+  // 4 stages where two blocks still fit an SM's shared memory, else 3.
+  static constexpr int kStages = 4 * kStageBytes <= 112 * 1024 ? 4 : 3;
+  static constexpr int kSmemBytes = kStages * kStageBytes;
+  static_assert((kMaxExperts + 1) * 4 <= kSmemBytes, "offsets scan does not fit");
+  static_assert(BM % 16 == 0 && BM <= kThreads, "tile shape");
+};
+
+__device__ __forceinline__ void MmaE4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                        uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int BM>
+__global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 3)
+    GroupedQGemmKernel(GroupedFp8GemmParams p, int n_tiles) {
+  using T = QTile<BM>;
+  constexpr int BK = 128;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_tile[3];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tile = static_cast<int>(blockIdx.x / n_tiles),
+            nt = static_cast<int>(blockIdx.x % n_tiles);
+  FindTile<BM>(p, tile, reinterpret_cast<int*>(smem), s_tile);
+  const int e = s_tile[0];
+  if (e < 0) return;
+  const int row0 = s_tile[1], rows = s_tile[2] - row0;
+
+  const int64_t k = p.k, n = p.n, col0 = static_cast<int64_t>(nt) * kBN;
+  const unsigned char* xg =
+      reinterpret_cast<const unsigned char*>(p.x_q) + static_cast<int64_t>(row0) * p.x_stride;
+  const float* xsg = p.x_scales + static_cast<int64_t>(row0) * p.x_scale_stride;
+  const unsigned char* wg = reinterpret_cast<const unsigned char*>(p.w) +
+                            (static_cast<int64_t>(e) * n + col0) * p.w_stride;
+  const float* sg = p.scales + (static_cast<int64_t>(e) * ((n + 127) / 128) + nt) * p.scale_stride;
+  const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int ktiles = static_cast<int>((k + BK - 1) / BK);
+
+  // 2. Stage loads: 8 chunks of 16 codes per row, 16 rows per pass of the 128 threads. Rows past
+  // the expert's end or past n are zeroed once in every stage and never loaded; their x scales
+  // are set to 1 (their sums are 0 and not stored). k is a multiple of 16: a chunk is wholly
+  // inside k or wholly past it (zero-filled).
+  constexpr int kRowStep = kThreads / 8, kAChunks = BM / kRowStep, kBChunks = kBN / kRowStep;
+  const int r_ = tid / 8, ch = tid % 8;
+  const int a_valid = rows > r_ ? min(kAChunks, (rows - r_ + kRowStep - 1) / kRowStep) : 0;
+  const int64_t n_left = n - col0;
+  const int b_valid = n_left > r_ ? static_cast<int>(min(static_cast<int64_t>(kBChunks),
+                                                         (n_left - r_ + kRowStep - 1) / kRowStep))
+                                  : 0;
+  const unsigned char* a_src = xg + r_ * p.x_stride + ch * 16;
+  const unsigned char* b_src = wg + r_ * p.w_stride + ch * 16;
+  const int64_t a_step = kRowStep * p.x_stride, b_step = kRowStep * p.w_stride;
+  const uint32_t dst0 = SwzBf16<T::kRowBytes>(r_, ch);
+  for (int s = 0; s < T::kStages; ++s) {
+    const uint32_t sa = sbase + s * T::kStageBytes, sb = sa + T::kABytes, ss = sb + T::kBBytes;
+#pragma unroll
+    for (int i = 0; i < kAChunks; ++i)
+      if (i >= a_valid) StsZero16(sa + dst0 + i * kRowStep * T::kRowBytes);
+#pragma unroll
+    for (int i = 0; i < kBChunks; ++i)
+      if (i >= b_valid) StsZero16(sb + dst0 + i * kRowStep * T::kRowBytes);
+    if (tid < BM && tid >= rows)
+      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(ss + tid * 4), "f"(1.0f));
+  }
+  auto load = [&](int kt, int stage) {
+    const uint32_t sa = sbase + stage * T::kStageBytes, sb = sa + T::kABytes, ss = sb + T::kBBytes;
+    const int64_t kc = static_cast<int64_t>(kt) * BK;
+    const unsigned char* pa = a_src + kc;
+    const unsigned char* pb = b_src + kc;
+    if (kc + BK <= k) {
+#pragma unroll
+      for (int i = 0; i < kAChunks; ++i)
+        if (i < a_valid) CpAsync16(sa + dst0 + i * kRowStep * T::kRowBytes, pa + i * a_step);
+#pragma unroll
+      for (int i = 0; i < kBChunks; ++i)
+        if (i < b_valid) CpAsync16(sb + dst0 + i * kRowStep * T::kRowBytes, pb + i * b_step);
+    } else {
+      const bool col_ok = kc + ch * 16 < k;
+#pragma unroll
+      for (int i = 0; i < kAChunks; ++i)
+        if (i < a_valid)
+          CpAsync16Zfill(sa + dst0 + i * kRowStep * T::kRowBytes,
+                         col_ok ? pa + i * a_step : static_cast<const void*>(xg), col_ok);
+#pragma unroll
+      for (int i = 0; i < kBChunks; ++i)
+        if (i < b_valid)
+          CpAsync16Zfill(sb + dst0 + i * kRowStep * T::kRowBytes,
+                         col_ok ? pb + i * b_step : static_cast<const void*>(wg), col_ok);
+    }
+    if (tid < rows && tid < BM) CpAsync4(ss + tid * 4, xsg + tid * p.x_scale_stride + kt);
+    if (tid == kThreads - 1) CpAsync4(ss + BM * 4, sg + kt);
+  };
+
+  // 3. Warp tiles: all BM rows × columns [warp * 32, +32).
+  const int g = lane >> 2, q = lane & 3;
+  const uint32_t a_lane = g * T::kRowBytes + q * 8, x_g = (g & 3) << 5;
+  const uint32_t b_lane = (warp * T::kWarpCols + g) * T::kRowBytes + q * 8;
+  float acc[T::kMi][T::kNi][4];
+  float acc_scale[T::kMi][2];  // the units of rows mi * 16 + g (0) and + 8 (1)
+#pragma unroll
+  for (int mi = 0; mi < T::kMi; ++mi) {
+    acc_scale[mi][0] = acc_scale[mi][1] = 1.0f;
+#pragma unroll
+    for (int ni = 0; ni < T::kNi; ++ni)
+      acc[mi][ni][0] = acc[mi][ni][1] = acc[mi][ni][2] = acc[mi][ni][3] = 0.0f;
+  }
+  auto compute = [&](int stage) {
+    const unsigned char* sa = smem + stage * T::kStageBytes;
+    const unsigned char* sb = sa + T::kABytes;
+    const float* ss = reinterpret_cast<const float*>(sb + T::kBBytes);
+    const float ws = ss[BM];
+    if (ws == 0.0f) return;  // the block adds nothing (the same value in every thread)
+#pragma unroll
+    for (int mi = 0; mi < T::kMi; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float sc = ss[mi * 16 + h * 8 + g] * ws;
+        const float r = __fdividef(acc_scale[mi][h], sc);
+        acc_scale[mi][h] = sc;
+#pragma unroll
+        for (int ni = 0; ni < T::kNi; ++ni) acc[mi][ni][2 * h] *= r, acc[mi][ni][2 * h + 1] *= r;
+      }
+    }
+#pragma unroll 2
+    for (int kk = 0; kk < BK / 32; ++kk) {
+      const uint32_t sw = x_g ^ (kk << 5);  // SwzBf16<128>(row, 2 kk + q / 2) + 8 (q % 2)
+      uint2 a[T::kMi][2];  // codes x[row g / g+8][8q .. 8q+7] of this 32-wide slice
+#pragma unroll
+      for (int mi = 0; mi < T::kMi; ++mi) {
+        a[mi][0] = *reinterpret_cast<const uint2*>(sa + a_lane + sw + mi * 16 * T::kRowBytes);
+        a[mi][1] =
+            *reinterpret_cast<const uint2*>(sa + a_lane + sw + (mi * 16 + 8) * T::kRowBytes);
+      }
+#pragma unroll
+      for (int ni = 0; ni < T::kNi; ++ni) {
+        const uint2 b = *reinterpret_cast<const uint2*>(sb + b_lane + sw + ni * 8 * T::kRowBytes);
+#pragma unroll
+        for (int mi = 0; mi < T::kMi; ++mi)
+          MmaE4m3(acc[mi][ni], a[mi][0].x, a[mi][1].x, a[mi][0].y, a[mi][1].y, b.x, b.y);
+      }
+    }
+  };
+
+  // 4. The pipeline, as in GroupedGemmKernel.
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; ++s) {
+    if (s < ktiles) load(s, s);
+    CpAsyncCommit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    CpAsyncWait<T::kStages - 2>();
+    __syncthreads();
+    const int next = kt + T::kStages - 1;
+    if (next < ktiles) load(next, next % T::kStages);
+    CpAsyncCommit();
+    compute(kt % T::kStages);
+  }
+
+  // 5. Epilogue.
+#pragma unroll
+  for (int mi = 0; mi < T::kMi; ++mi) {
+    const int r = mi * 16 + g;
+#pragma unroll
+    for (int ni = 0; ni < T::kNi; ++ni) {
+      const int64_t c = col0 + warp * T::kWarpCols + ni * 8 + 2 * q;
+      if (c >= n) continue;
+      __nv_bfloat16* yr = p.y + static_cast<int64_t>(row0 + r) * n + c;
+      if (r < rows) {
+        *reinterpret_cast<__nv_bfloat162*>(yr) = __floats2bfloat162_rn(
+            acc[mi][ni][0] * acc_scale[mi][0], acc[mi][ni][1] * acc_scale[mi][0]);
+      }
+      if (r + 8 < rows) {
+        *reinterpret_cast<__nv_bfloat162*>(yr + 8 * n) = __floats2bfloat162_rn(
+            acc[mi][ni][2] * acc_scale[mi][1], acc[mi][ni][3] * acc_scale[mi][1]);
+      }
+    }
+  }
+}
+
+// One warp per (row, 128-column group of q_stride): 4 columns per lane.
+__global__ void QuantizeRowsKernel(QuantizeRowsParams p, int64_t groups) {
+  const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (item >= p.rows * groups) return;
+  const int64_t row = item / groups, grp = item % groups, c = grp * 128 + lane * 4;
+  float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (c < p.k) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p.x + row * p.k + c);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+    v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+  }
+  float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, d));
+  const float scale = fmaxf(amax, 1e-10f) / 448.0f;
+  if (c < p.q_stride) {
+    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v[0] / scale, v[1] / scale),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(v[2] / scale, v[3] / scale),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    *reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(p.q) + row * p.q_stride + c) =
+        lo | hi << 16;
+  }
+  if (lane == 0 && grp * 128 < p.k) p.scales[row * p.scale_stride + grp] = scale;
+}
+
+
 // cudaFuncSetAttribute costs host time (tens of µs); it is called once per device and kernel.
-constexpr int kMaxDevices = 64, kKernels = 16;
+constexpr int kMaxDevices = 64, kKernels = 16;  // + 4 FP8 x FP8 kernels
 std::mutex g_smem_mu;
-bool g_smem_set[kMaxDevices][kKernels] = {};
+bool g_smem_set[kMaxDevices][kKernels + 4] = {};
 
 template <int BM, int BK, bool kFp8>
 absl::Status Launch(const GroupedFp8GemmParams& p, cudaStream_t stream) {
@@ -372,6 +618,39 @@ absl::Status Launch(const GroupedFp8GemmParams& p, cudaStream_t stream) {
                           kFp8;
   const int64_t n_tiles = (p.n + kBN - 1) / kBN;
   // Σ_e ceil(rows_e / BM) <= floor(rows / BM) + (experts with a partial tile).
+  const int64_t max_tiles = p.max_rows / BM + std::min(p.experts, p.max_rows);
+  const int64_t blocks = max_tiles * n_tiles;
+  if (blocks > INT_MAX)
+    return absl::InvalidArgumentError(absl::StrCat("grouped gemm: ", blocks, " blocks"));
+  {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) dev = 0;
+    std::lock_guard<std::mutex> lock(g_smem_mu);
+    if (!g_smem_set[dev][kernel_slot]) {
+      const cudaError_t err =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
+      if (err != cudaSuccess) {
+        return absl::InternalError(
+            absl::StrCat("grouped gemm: shared memory attribute: ", cudaGetErrorString(err)));
+      }
+      g_smem_set[dev][kernel_slot] = true;
+    }
+  }
+  kernel<<<static_cast<unsigned>(blocks), kThreads, T::kSmemBytes, stream>>>(
+      p, static_cast<int>(n_tiles));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    return absl::InternalError(
+        absl::StrCat("grouped gemm: launch failed: ", cudaGetErrorString(err)));
+  return absl::OkStatus();
+}
+
+template <int BM>
+absl::Status LaunchQ(const GroupedFp8GemmParams& p, cudaStream_t stream) {
+  using T = QTile<BM>;
+  auto* kernel = GroupedQGemmKernel<BM>;
+  const int kernel_slot = kKernels + (BM == 16 ? 0 : BM == 32 ? 1 : BM == 64 ? 2 : 3);
+  const int64_t n_tiles = (p.n + kBN - 1) / kBN;
   const int64_t max_tiles = p.max_rows / BM + std::min(p.experts, p.max_rows);
   const int64_t blocks = max_tiles * n_tiles;
   if (blocks > INT_MAX)
@@ -419,6 +698,39 @@ int GroupedFp8GemmTileK(int tile_rows) { return tile_rows <= 32 ? 128 : 64; }
 
 absl::Status GroupedFp8Gemm(const GroupedFp8GemmParams& p, cudaStream_t stream) {
   const bool fp8 = p.w != nullptr;
+  if (p.x_q) {
+    if (!p.x_scales || !p.offsets || !p.y || !p.w || !p.scales || p.w_bf16) {
+      return absl::InvalidArgumentError(
+          "grouped gemm: null pointer (FP8 x FP8: give x_q, x_scales, offsets, y, w, scales)");
+    }
+    if (p.experts <= 0 || p.experts > kMaxExperts || p.n <= 0 || p.k <= 0 || p.max_rows < 0 ||
+        p.max_rows > INT_MAX || p.w_stride < p.k || p.x_stride < p.k ||
+        p.scale_stride < (p.k + 127) / 128 || p.x_scale_stride < (p.k + 127) / 128 ||
+        p.k % 16 != 0 || p.n % 2 != 0 || p.w_stride % 16 != 0 || p.x_stride % 16 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grouped gemm (fp8 x fp8): bad shape experts=", p.experts, " n=", p.n, " k=", p.k,
+          " w_stride=", p.w_stride, " x_stride=", p.x_stride, " scale_stride=", p.scale_stride,
+          " x_scale_stride=", p.x_scale_stride, " max_rows=", p.max_rows,
+          " (k, w_stride and x_stride multiples of 16, n even)"));
+    }
+    if (!Aligned(p.x_q, 16) || !Aligned(p.w, 16) || !Aligned(p.y, 4) || !Aligned(p.x_scales, 4)) {
+      return absl::InvalidArgumentError(
+          "grouped gemm: x_q and the weights must be 16-byte aligned, y 4-byte aligned");
+    }
+    // At most 64 rows by default: 128 needs more registers than a thread has (spills).
+    const int bm =
+        p.tile_rows ? p.tile_rows : std::min(64, GroupedFp8GemmTileRows(p.max_rows, p.experts));
+    if (p.max_rows == 0) return absl::OkStatus();
+    switch (bm) {
+      case 16: return LaunchQ<16>(p, stream);
+      case 32: return LaunchQ<32>(p, stream);
+      case 64: return LaunchQ<64>(p, stream);
+      case 128: return LaunchQ<128>(p, stream);
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("grouped gemm: tile rows ", bm, " (16, 32, 64 or 128)"));
+    }
+  }
   if (!p.x || !p.offsets || !p.y || (fp8 ? (!p.scales || p.w_bf16) : !p.w_bf16)) {
     return absl::InvalidArgumentError(
         "grouped gemm: null pointer (give x, offsets, y, and w + scales or w_bf16)");
@@ -459,6 +771,26 @@ absl::Status GroupedFp8Gemm(const GroupedFp8GemmParams& p, cudaStream_t stream) 
                                                    " (rows 16, 32, 64 or 128; k 64 or 128)"));
   }
   return kLaunch[mi][bk == 128][fp8](p, stream);
+}
+
+absl::Status QuantizeRowsFp8Group128(const QuantizeRowsParams& p, cudaStream_t stream) {
+  if (!p.x || !p.q || !p.scales || p.rows < 0 || p.k <= 0 || p.k % 4 != 0 || p.q_stride < p.k ||
+      p.q_stride % 16 != 0 || p.scale_stride < (p.k + 127) / 128 || !Aligned(p.x, 8) ||
+      !Aligned(p.q, 4)) {
+    return absl::InvalidArgumentError(absl::StrCat("quantize rows: bad arguments rows=", p.rows,
+                                                   " k=", p.k, " q_stride=", p.q_stride,
+                                                   " scale_stride=", p.scale_stride));
+  }
+  if (p.rows == 0) return absl::OkStatus();
+  const int64_t groups = (p.q_stride + 127) / 128, warps = p.rows * groups;
+  const int64_t blocks = (warps + 7) / 8;
+  if (blocks > INT_MAX) return absl::InvalidArgumentError("quantize rows: too many rows");
+  QuantizeRowsKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p, groups);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    return absl::InternalError(
+        absl::StrCat("quantize rows: launch failed: ", cudaGetErrorString(err)));
+  return absl::OkStatus();
 }
 
 }  // namespace r1::cuda

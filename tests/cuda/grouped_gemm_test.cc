@@ -4,6 +4,8 @@
 // with a last 16-code chunk cut by k, NaN codes in the padding past k that must not be read,
 // every tile height, block scales of 0, and unquantised bf16 expert weights. The output buffer is
 // poisoned with NaN first, including rows past the last expert's, which must stay untouched.
+// The FP8 × FP8 path (x_q) is checked the same way against the product of the quantised rows
+// (QuantizeRowsFp8Group128's codes and scales, which are checked against x first).
 #include "kernels/cuda/grouped_gemm.h"
 
 #include <cuda_runtime.h>
@@ -139,6 +141,137 @@ void RunCase(const GemmCase& c, const std::vector<int>& tile_rows, uint64_t seed
   }
 }
 
+// FP8 × FP8: x quantised on the device, then the GEMM against sum_kb x_scale · w_scale · (codes ·
+// codes) in double from the downloaded codes and scales: the same quantised function.
+void RunFp8Case(const GemmCase& c, const std::vector<int>& tile_rows, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+  const int64_t experts = static_cast<int64_t>(c.rows.size()), n = c.n, k = c.k, ws = c.w_stride;
+  const int64_t nb = (n + 127) / 128, kb = (k + 127) / 128, sstride = (kb + 3) / 4 * 4;
+  const int64_t xstride = (k + 15) / 16 * 16 + 16, xsstride = kb + 1;  // both with slack
+  std::vector<int32_t> offsets(experts + 1, 0);
+  for (int64_t e = 0; e < experts; ++e) offsets[e + 1] = offsets[e] + c.rows[e];
+  const int64_t rows = offsets.back(), slack = 7;
+
+  std::vector<uint16_t> x(std::max<int64_t>(rows, 1) * k);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = FloatToBf16(nd(rng) * (i % 97 == 0 ? 20.0f : 1.0f));
+  // One all-zero 128-group (scale floor, zero codes) where there is room.
+  if (rows > 1 && k >= 128)
+    for (int64_t col = 0; col < 128; ++col) x[1 * k + col] = 0;
+  std::vector<uint8_t> w8(experts * n * ws, 0x7f);
+  std::vector<float> scales(experts * nb * sstride, std::nanf(""));
+  for (float& sc : scales) sc = std::ldexp(1.0f + ud(rng), -static_cast<int>(rng() % 8) - 5);
+  for (size_t i = 0; i < scales.size(); ++i)
+    if (i % 7 == 3) scales[i] = 0.0f;
+  for (int64_t e = 0; e < experts; ++e)
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t col = 0; col < k; ++col) {
+        uint8_t code;
+        do code = static_cast<uint8_t>(rng());
+        while ((code & 0x7f) == 0x7f);
+        w8[(e * n + r) * ws + col] = code;
+      }
+
+  DeviceBuffer<uint16_t> dx(x);
+  DeviceBuffer<int32_t> doff(offsets);
+  DeviceBuffer<uint8_t> dw8(w8);
+  DeviceBuffer<float> ds(scales);
+  const int64_t qrows = std::max<int64_t>(rows, 1);
+  DeviceBuffer<uint8_t> dq(qrows * xstride);
+  DeviceBuffer<float> dxs(qrows * xsstride);
+  ASSERT_EQ(cudaMemset(dq.ptr, 0x7f, qrows * xstride), cudaSuccess);  // NaN codes
+  ASSERT_EQ(cudaMemset(dxs.ptr, 0xff, qrows * xsstride * 4), cudaSuccess);
+  cuda::QuantizeRowsParams qp;
+  qp.x = reinterpret_cast<const __nv_bfloat16*>(dx.ptr);
+  qp.q = reinterpret_cast<__nv_fp8_e4m3*>(dq.ptr);
+  qp.scales = dxs.ptr;
+  qp.rows = rows, qp.k = k, qp.q_stride = xstride, qp.scale_stride = xsstride;
+  ASSERT_TRUE(cuda::QuantizeRowsFp8Group128(qp, nullptr).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<uint8_t> q = dq.Download(qrows * xstride);
+  const std::vector<float> xs = dxs.Download(qrows * xsstride);
+  {
+    // The quantiser: codes × scale within e4m3's rounding of x; zero codes past k; positive
+    // finite scales.
+    double num = 0, den = 0;
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t b = 0; b < kb; ++b) {
+        const float sc = xs[r * xsstride + b];
+        bad += !(sc > 0 && std::isfinite(sc));
+      }
+      for (int64_t col = 0; col < xstride; ++col) {
+        const uint8_t code = q[r * xstride + col];
+        if (col >= k) {
+          bad += code != 0;
+          continue;
+        }
+        const double v = Fp8E4M3ToFloat(code) * static_cast<double>(xs[r * xsstride + col / 128]);
+        const double want = Bf16ToFloat(x[r * k + col]);
+        num += (v - want) * (v - want), den += want * want;
+      }
+    }
+    const double rel = rows > 0 ? std::sqrt(num / den) : 0.0;
+    std::printf("[ cuda ] quantize rows %-14s k=%ld rows=%ld: rel L2 %.3g\n", c.name.c_str(),
+                static_cast<long>(k), static_cast<long>(rows), rel);
+    EXPECT_EQ(bad, 0) << c.name << ": bad scales or padding codes";
+    EXPECT_LE(rel, 1.0 / 16) << c.name;
+  }
+  std::vector<double> want(rows * n, 0.0);
+  for (int64_t e = 0; e < experts; ++e)
+    for (int32_t r = offsets[e]; r < offsets[e + 1]; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t b = 0; b < kb; ++b) {
+          double part = 0;
+          for (int64_t col = b * 128; col < std::min(k, b * 128 + 128); ++col)
+            part += static_cast<double>(Fp8E4M3ToFloat(q[r * xstride + col])) *
+                    Fp8E4M3ToFloat(w8[(e * n + j) * ws + col]);
+          acc += part * xs[r * xsstride + b] * scales[(e * nb + j / 128) * sstride + b];
+        }
+        want[r * n + j] = acc;
+      }
+
+  DeviceBuffer<uint16_t> dy((rows + slack) * n);
+  for (int tr : tile_rows) {
+    ASSERT_EQ(cudaMemset(dy.ptr, 0xff, (rows + slack) * n * 2), cudaSuccess);
+    cuda::GroupedFp8GemmParams p;
+    p.x_q = reinterpret_cast<const __nv_fp8_e4m3*>(dq.ptr);
+    p.x_scales = dxs.ptr;
+    p.x_stride = xstride, p.x_scale_stride = xsstride;
+    p.offsets = doff.ptr;
+    p.w = reinterpret_cast<const __nv_fp8_e4m3*>(dw8.ptr);
+    p.scales = ds.ptr;
+    p.y = reinterpret_cast<__nv_bfloat16*>(dy.ptr);
+    p.experts = experts, p.n = n, p.k = k, p.w_stride = ws, p.scale_stride = sstride;
+    p.max_rows = rows + c.extra_max_rows;
+    p.tile_rows = tr;
+    const absl::Status st = cuda::GroupedFp8Gemm(p, nullptr);
+    ASSERT_TRUE(st.ok()) << c.name << ": " << st;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << c.name;
+    const std::vector<uint16_t> got = dy.Download((rows + slack) * n);
+    double num = 0, den = 0;
+    int64_t bad = 0, touched = 0;
+    for (int64_t i = 0; i < rows * n; ++i) {
+      const double g = Bf16ToFloat(got[i]);
+      if (!std::isfinite(g)) ++bad;
+      num += (g - want[i]) * (g - want[i]);
+      den += want[i] * want[i];
+    }
+    for (int64_t i = rows * n; i < (rows + slack) * n; ++i) touched += got[i] != 0xffff;
+    const double rel = rows > 0 ? std::sqrt(num / den) : 0.0;
+    std::printf(
+        "[ cuda ] grouped gemm %-14s fp8xfp8 n=%ld k=%ld w_stride=%ld rows=%ld tile %d: rel L2 "
+        "%.3g\n",
+        c.name.c_str(), static_cast<long>(n), static_cast<long>(k), static_cast<long>(ws),
+                static_cast<long>(rows), tr, rel);
+    EXPECT_EQ(bad, 0) << c.name << " tile " << tr << ": non-finite outputs";
+    EXPECT_EQ(touched, 0) << c.name << " tile " << tr << ": wrote past the last row";
+    EXPECT_LE(rel, kBound) << c.name << " tile " << tr;
+  }
+}
+
 const std::vector<int> kAllTiles = {0, 16, 32, 64, 128};
 
 TEST(GroupedGemm, MixedRowCountsMatchCpu) {
@@ -215,6 +348,48 @@ TEST(GroupedGemm, RejectsUnsupportedShapes) {
   EXPECT_TRUE(rejected(q));
   q = p, q.x = reinterpret_cast<__nv_bfloat16*>(258);
   EXPECT_TRUE(rejected(q));
+}
+
+TEST(GroupedGemm, Fp8xFp8MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  // 0, 1, 17, 130, 5 rows; k = 160 (a partial last scale block) with NaN codes in [k, w_stride).
+  RunFp8Case({"mixed", 192, 160, 256, {0, 1, 17, 0, 130, 5}}, kAllTiles, 21);
+  // Several column and k tiles, odd row counts around the tiles.
+  RunFp8Case({"large", 384, 1024, 1024, {128, 129, 255, 63}}, kAllTiles, 22);
+  // The golden models' expert sizes (k = 48, 64, 160, 192; n = 48 .. 192), loose max_rows.
+  RunFp8Case({"golden-a gate", 48, 192, 256, {7, 0, 33, 80, 1}}, {0, 16, 64}, 23);
+  RunFp8Case({"golden-a down", 192, 48, 128, {7, 0, 33, 80, 1}, true, 100}, {0, 16, 64}, 24);
+  RunFp8Case({"golden-b down", 160, 64, 128, {3, 160, 0, 41}}, {0, 32, 128}, 25);
+  RunFp8Case({"empty", 256, 256, 256, {0, 0, 0}, true, 64}, {0, 128}, 26);
+}
+
+TEST(GroupedGemm, Fp8xFp8RejectsUnsupportedShapes) {
+  auto* fake8 = reinterpret_cast<const __nv_fp8_e4m3*>(256);
+  auto* fakef = reinterpret_cast<const float*>(256);
+  cuda::GroupedFp8GemmParams p;
+  p.x_q = fake8, p.x_scales = fakef, p.y = reinterpret_cast<__nv_bfloat16*>(256);
+  p.offsets = reinterpret_cast<const int32_t*>(256), p.w = fake8, p.scales = fakef;
+  p.experts = 4, p.n = 64, p.k = 128, p.w_stride = 128, p.scale_stride = 1, p.max_rows = 8;
+  p.x_stride = 128, p.x_scale_stride = 1;
+  auto rejected = [&](cuda::GroupedFp8GemmParams q) {
+    return absl::IsInvalidArgument(cuda::GroupedFp8Gemm(q, nullptr));
+  };
+  auto q = p;
+  q.k = 200, q.w_stride = 208, q.x_stride = 208, q.scale_stride = q.x_scale_stride = 2;
+  EXPECT_TRUE(rejected(q));  // k % 16 != 0: the caller takes the bf16 path
+  q = p, q.x_stride = 136;
+  EXPECT_TRUE(rejected(q));
+  q = p, q.x_scale_stride = 0;
+  EXPECT_TRUE(rejected(q));
+  q = p, q.w = nullptr, q.scales = nullptr, q.w_bf16 = reinterpret_cast<const __nv_bfloat16*>(256);
+  EXPECT_TRUE(rejected(q));
+  q = p, q.tile_rows = 48;
+  EXPECT_TRUE(rejected(q));
+  cuda::QuantizeRowsParams qp;
+  qp.x = reinterpret_cast<const __nv_bfloat16*>(256), qp.q = reinterpret_cast<__nv_fp8_e4m3*>(256);
+  qp.scales = reinterpret_cast<float*>(256), qp.rows = 4, qp.k = 128, qp.q_stride = 120;
+  qp.scale_stride = 1;
+  EXPECT_TRUE(absl::IsInvalidArgument(cuda::QuantizeRowsFp8Group128(qp, nullptr)));
 }
 
 }  // namespace

@@ -535,6 +535,11 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   if (options_.activations == GpuActivations::kFp8) {
     R1_RETURN_IF_ERROR(a(&ws_.quant_q, tp * kmax));
     R1_RETURN_IF_ERROR(a(&ws_.quant_scales, tp * (kmax / 128) * 4));
+    // The routed experts' rows quantised for the grouped FP8 × FP8 GEMM (hidden or intermediate
+    // columns, padded to 16 codes; one scale per 128).
+    const int64_t ek = std::max<int64_t>({hd, c.moe_intermediate_size, 1});
+    R1_RETURN_IF_ERROR(a(&ws_.moe_q, entries_p * ((ek + 15) / 16 * 16)));
+    R1_RETURN_IF_ERROR(a(&ws_.moe_qs, entries_p * ((ek + 127) / 128) * 4));
   }
   const bool some_bf16 = options_.activations == GpuActivations::kBf16 ||
                          (options_.activations == GpuActivations::kFp8 && options_.fp8_gemms != kAllFp8Gemms);
@@ -816,7 +821,28 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     // expert on; below that, and in float32 mode, the GEMV. Shapes the GEMM does not take
     // (InvalidArgument: k % 8, odd n) run the GEMV.
     const bool grouped_gemm = !kF32 && entries >= kGroupedGemmMinRowsPerExpert * ne;
-    auto project = [&](const ExpertBank& b, const T* in, T* out) -> absl::Status {
+    // fp8 activations: the expert inputs quantised per row in 1×128 groups (DeepSeek's scheme) and
+    // multiplied on the FP8 tensor cores; `quantised` says that ws_.moe_q holds `in` so.
+    const bool fp8_experts =
+        grouped_gemm && options_.activations == GpuActivations::kFp8 && options_.fp8_routed_experts;
+    auto quantise = [&](const T* in, int64_t cols) -> absl::StatusOr<bool> {
+      if constexpr (!kF32) {
+        if (fp8_experts && cols % 16 == 0) {
+          cuda::QuantizeRowsParams qp;
+          qp.x = in;
+          qp.q = ws_.moe_q.as<__nv_fp8_e4m3>();
+          qp.scales = ws_.moe_qs.as<float>();
+          qp.rows = entries;
+          qp.k = cols;
+          qp.q_stride = cols;
+          qp.scale_stride = (cols + 127) / 128;
+          R1_RETURN_IF_ERROR(cuda::QuantizeRowsFp8Group128(qp, stream_));
+          return true;
+        }
+      }
+      return false;
+    };
+    auto project = [&](const ExpertBank& b, const T* in, T* out, bool quantised) -> absl::Status {
       if constexpr (!kF32) {
         if (grouped_gemm) {
           cuda::GroupedFp8GemmParams mp;
@@ -835,6 +861,16 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
           mp.w_stride = b.w_stride;
           mp.scale_stride = b.scale_stride;
           mp.max_rows = entries;
+          if (quantised && b.fp8) {
+            cuda::GroupedFp8GemmParams qp = mp;
+            qp.x = nullptr;
+            qp.x_q = ws_.moe_q.as<__nv_fp8_e4m3>();
+            qp.x_scales = ws_.moe_qs.as<float>();
+            qp.x_stride = b.k;
+            qp.x_scale_stride = (b.k + 127) / 128;
+            absl::Status st = cuda::GroupedFp8Gemm(qp, stream_);
+            if (!absl::IsInvalidArgument(st)) return st;  // else the bf16 product below
+          }
           absl::Status st = cuda::GroupedFp8Gemm(mp, stream_);
           if (!absl::IsInvalidArgument(st)) return st;
         }
@@ -856,10 +892,12 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
       gp.scale_stride = b.scale_stride;
       return cuda::GroupedFp8Gemv(gp, stream_);
     };
-    R1_RETURN_IF_ERROR(project(L.gate, xe, eg));
-    R1_RETURN_IF_ERROR(project(L.up, xe, eu));
+    R1_ASSIGN_OR_RETURN(const bool xe_q, quantise(xe, hd));
+    R1_RETURN_IF_ERROR(project(L.gate, xe, eg, xe_q));
+    R1_RETURN_IF_ERROR(project(L.up, xe, eu, xe_q));
     R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{eg, eu, eg, entries, inter, inter, inter, inter}, stream_));
-    R1_RETURN_IF_ERROR(project(L.down, eg, ey));
+    R1_ASSIGN_OR_RETURN(const bool eg_q, quantise(eg, inter));
+    R1_RETURN_IF_ERROR(project(L.down, eg, ey, eg_q));
     R1_RETURN_IF_ERROR(cuda::MoeCombine(cuda::MoeCombineParamsT<T>{ey, ws_.slot.as<int32_t>(), ws_.expert_w.as<float>(),
                                                                    xf, t, k, hd}, stream_));
     if (L.has_shared) R1_RETURN_IF_ERROR(RunMlp(L.shared, hb, t, xf));

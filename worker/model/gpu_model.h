@@ -113,6 +113,10 @@ struct GpuModelOptions {
   // kFp8 only: the layers that quantise their input (bits of GpuGemm); the others take the kBf16
   // path. All by default; single bits measure each layer's share of the error (bench_gpu_numerics).
   uint32_t fp8_gemms = kAllFp8Gemms;
+  // kFp8 only: the routed experts' grouped GEMM (cuda::GroupedFp8Gemm) takes its input rows
+  // quantised per row in 1×128 groups, e4m3 × e4m3 products (DeepSeek's scheme); false: the bf16
+  // rows times the FP8 weights, as in kBf16.
+  bool fp8_routed_experts = true;
   // kBf16 and kFp8: linear layers of at most gemv_max_rows rows (decode) and at most
   // gemv_max_cols output columns run the GEMV (cuda::DenseGemv: the same function as the GEMM
   // path, summed in another order) instead of cuBLASLt; gemv_max_rows = 0: cuBLASLt always.
@@ -230,6 +234,7 @@ class GpuDeepseekV3Model {
     DeviceMemory xe, eg, eu, ey;          // routed experts, permuted rows
     DeviceMemory logits;                  // float32 [rows, V]
     DeviceMemory quant_q, quant_scales;   // activation quantiser (kFp8)
+    DeviceMemory moe_q, moe_qs;           // routed experts' quantised rows (kFp8)
     DeviceMemory w_scratch;               // dequantised weight (kBf16)
     DeviceMemory sampling, sampled;       // SamplingRow [rows], int32 [rows]
   } ws_;
