@@ -84,8 +84,9 @@ enum class GpuActivations {
   kBf16,
   // DeepSeek's inference numerics: bf16 activations quantised per token in 1x128 groups to FP8,
   // cuBLASLt's block-scaled FP8 GEMM (DenseGemv on the same codes for one-row steps of narrow
-  // layers); routed experts in bf16 (grouped GEMV). The fast path (bench/), outside the golden
-  // bound on the tiny golden models (see docs/design.md).
+  // layers); routed experts FP8 x FP8 too (grouped GEMM, inputs quantised the same way;
+  // fp8_routed_experts). The fast path (bench/), outside the golden bound on the tiny golden
+  // models (see docs/design.md).
   kFp8,
 };
 // The dense linear layers, for GpuModelOptions::fp8_gemms (bit i = 1 << GpuGemm value).
