@@ -604,21 +604,13 @@ constexpr int kMaxDevices = 64, kKernels = 16;  // + 4 FP8 x FP8 kernels
 std::mutex g_smem_mu;
 bool g_smem_set[kMaxDevices][kKernels + 4] = {};
 
-template <int BM, int BK, bool kFp8>
-absl::Status Launch(const GroupedFp8GemmParams& p, cudaStream_t stream) {
-  using T = Tile<BM, BK, kFp8>;
-  auto* kernel = GroupedGemmKernel<BM, BK, kFp8>;
-  const int kernel_slot = ((BM == 16   ? 0
-                            : BM == 32 ? 1
-                            : BM == 64 ? 2
-                                       : 3) *
-                               2 +
-                           (BK == 128)) *
-                              2 +
-                          kFp8;
+// Launches `kernel` over the worst-case tile count for tiles of BM rows: Σ_e ceil(rows_e / BM)
+// <= floor(rows / BM) + (experts with a partial tile); surplus blocks find no tile and exit.
+template <typename Kernel>
+absl::Status LaunchTiles(Kernel* kernel, int kernel_slot, int smem_bytes, int bm, const GroupedFp8GemmParams& p,
+                         cudaStream_t stream) {
   const int64_t n_tiles = (p.n + kBN - 1) / kBN;
-  // Σ_e ceil(rows_e / BM) <= floor(rows / BM) + (experts with a partial tile).
-  const int64_t max_tiles = p.max_rows / BM + std::min(p.experts, p.max_rows);
+  const int64_t max_tiles = p.max_rows / bm + std::min(p.experts, p.max_rows);
   const int64_t blocks = max_tiles * n_tiles;
   if (blocks > INT_MAX)
     return absl::InvalidArgumentError(absl::StrCat("grouped gemm: ", blocks, " blocks"));
@@ -627,8 +619,7 @@ absl::Status Launch(const GroupedFp8GemmParams& p, cudaStream_t stream) {
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) dev = 0;
     std::lock_guard<std::mutex> lock(g_smem_mu);
     if (!g_smem_set[dev][kernel_slot]) {
-      const cudaError_t err =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
       if (err != cudaSuccess) {
         return absl::InternalError(
             absl::StrCat("grouped gemm: shared memory attribute: ", cudaGetErrorString(err)));
@@ -636,46 +627,24 @@ absl::Status Launch(const GroupedFp8GemmParams& p, cudaStream_t stream) {
       g_smem_set[dev][kernel_slot] = true;
     }
   }
-  kernel<<<static_cast<unsigned>(blocks), kThreads, T::kSmemBytes, stream>>>(
-      p, static_cast<int>(n_tiles));
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(p, static_cast<int>(n_tiles));
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    return absl::InternalError(
-        absl::StrCat("grouped gemm: launch failed: ", cudaGetErrorString(err)));
+    return absl::InternalError(absl::StrCat("grouped gemm: launch failed: ", cudaGetErrorString(err)));
   return absl::OkStatus();
+}
+
+template <int BM, int BK, bool kFp8>
+absl::Status Launch(const GroupedFp8GemmParams& p, cudaStream_t stream) {
+  const int bm_index = BM == 16 ? 0 : BM == 32 ? 1 : BM == 64 ? 2 : 3;
+  const int kernel_slot = (bm_index * 2 + (BK == 128)) * 2 + kFp8;
+  return LaunchTiles(GroupedGemmKernel<BM, BK, kFp8>, kernel_slot, Tile<BM, BK, kFp8>::kSmemBytes, BM, p, stream);
 }
 
 template <int BM>
 absl::Status LaunchQ(const GroupedFp8GemmParams& p, cudaStream_t stream) {
-  using T = QTile<BM>;
-  auto* kernel = GroupedQGemmKernel<BM>;
   const int kernel_slot = kKernels + (BM == 16 ? 0 : BM == 32 ? 1 : BM == 64 ? 2 : 3);
-  const int64_t n_tiles = (p.n + kBN - 1) / kBN;
-  const int64_t max_tiles = p.max_rows / BM + std::min(p.experts, p.max_rows);
-  const int64_t blocks = max_tiles * n_tiles;
-  if (blocks > INT_MAX)
-    return absl::InvalidArgumentError(absl::StrCat("grouped gemm: ", blocks, " blocks"));
-  {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) dev = 0;
-    std::lock_guard<std::mutex> lock(g_smem_mu);
-    if (!g_smem_set[dev][kernel_slot]) {
-      const cudaError_t err =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
-      if (err != cudaSuccess) {
-        return absl::InternalError(
-            absl::StrCat("grouped gemm: shared memory attribute: ", cudaGetErrorString(err)));
-      }
-      g_smem_set[dev][kernel_slot] = true;
-    }
-  }
-  kernel<<<static_cast<unsigned>(blocks), kThreads, T::kSmemBytes, stream>>>(
-      p, static_cast<int>(n_tiles));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    return absl::InternalError(
-        absl::StrCat("grouped gemm: launch failed: ", cudaGetErrorString(err)));
-  return absl::OkStatus();
+  return LaunchTiles(GroupedQGemmKernel<BM>, kernel_slot, QTile<BM>::kSmemBytes, BM, p, stream);
 }
 
 bool Aligned(const void* ptr, uintptr_t bytes) {
