@@ -65,43 +65,6 @@ void* AllocF32Const(size_t n, float v) {
   return p;
 }
 
-// Median µs of one f(stream) on the device alone: f captured 10 times into a CUDA graph, the graph
-// replayed (launch gaps and host work such as cuBLASLt's algorithm query left out, as in the
-// model's captured decode steps), time per replay / 10.
-template <typename F>
-double GraphTimeUs(F&& f, int reps = 20) {
-  cudaStream_t s;
-  CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  f(s);  // outside the capture once: handle and heuristic set-up
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < 10; ++i) f(s);
-  CHECK_CUDA(cudaStreamEndCapture(s, &graph));
-  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  for (int i = 0; i < 2; ++i) CHECK_CUDA(cudaGraphLaunch(exec, s));
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<float> ms(reps);
-  for (float& m : ms) {
-    cudaEventRecord(a, s);
-    cudaGraphLaunch(exec, s);
-    cudaEventRecord(b, s);
-    cudaEventSynchronize(b);
-    cudaEventElapsedTime(&m, a, b);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(s);
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2] * 1e3 / 10;
-}
-
 // Median µs of `reps` launches of f after warm-up, timed with events.
 template <typename F>
 double TimeUs(F&& f, int reps = 20) {
@@ -496,7 +459,7 @@ int main(int argc, char** argv) {
         auto* ws = static_cast<float*>(AllocF32Const(((s.n + 127) / 128) * stride, 0.01f));
         auto* y = static_cast<__nv_bfloat16*>(Alloc(mp * s.n * 2));
         bool ok = true;
-        const double us = GraphTimeUs([&](cudaStream_t st) {
+        const double us = TimeGraphUs([&](int, cudaStream_t st) {
           ok = ok && (*runner)->Fp8({x, xs, w, ws, y, m, s.n, s.k}, st).ok();
         });
         if (!ok) std::printf("(cuBLASLt FAILED for the next shape)\n");

@@ -842,24 +842,28 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
       }
       return false;
     };
+    // The fields the grouped GEMM and the grouped GEMV take alike: rows, offsets, expert bank, output.
+    auto grouped_args = [&](auto& gp, const ExpertBank& b, const T* in, T* out) {
+      gp.x = in;
+      gp.offsets = ws_.offsets.as<int32_t>();
+      if (b.fp8) {
+        gp.w = b.w.as<__nv_fp8_e4m3>();
+        gp.scales = b.scales.as<float>();
+      } else {
+        gp.w_bf16 = b.w.as<__nv_bfloat16>();
+      }
+      gp.y = out;
+      gp.experts = ne;
+      gp.n = b.n;
+      gp.k = b.k;
+      gp.w_stride = b.w_stride;
+      gp.scale_stride = b.scale_stride;
+    };
     auto project = [&](const ExpertBank& b, const T* in, T* out, bool quantised) -> absl::Status {
       if constexpr (!kF32) {
         if (grouped_gemm) {
           cuda::GroupedFp8GemmParams mp;
-          mp.x = in;
-          mp.offsets = ws_.offsets.as<int32_t>();
-          if (b.fp8) {
-            mp.w = b.w.as<__nv_fp8_e4m3>();
-            mp.scales = b.scales.as<float>();
-          } else {
-            mp.w_bf16 = b.w.as<__nv_bfloat16>();
-          }
-          mp.y = out;
-          mp.experts = ne;
-          mp.n = b.n;
-          mp.k = b.k;
-          mp.w_stride = b.w_stride;
-          mp.scale_stride = b.scale_stride;
+          grouped_args(mp, b, in, out);
           mp.max_rows = entries;
           if (quantised && b.fp8) {
             cuda::GroupedFp8GemmParams qp = mp;
@@ -876,20 +880,7 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
         }
       }
       cuda::GroupedFp8GemvParamsT<T> gp;
-      gp.x = in;
-      gp.offsets = ws_.offsets.as<int32_t>();
-      if (b.fp8) {
-        gp.w = b.w.as<__nv_fp8_e4m3>();
-        gp.scales = b.scales.as<float>();
-      } else {
-        gp.w_bf16 = b.w.as<__nv_bfloat16>();
-      }
-      gp.y = out;
-      gp.experts = ne;
-      gp.n = b.n;
-      gp.k = b.k;
-      gp.w_stride = b.w_stride;
-      gp.scale_stride = b.scale_stride;
+      grouped_args(gp, b, in, out);
       return cuda::GroupedFp8Gemv(gp, stream_);
     };
     R1_ASSIGN_OR_RETURN(const bool xe_q, quantise(xe, hd));
