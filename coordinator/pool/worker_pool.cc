@@ -210,6 +210,7 @@ void WorkerPool::OnMessage(uint64_t link_id, const pb::WorkerMessage& m) {
       for (const Slot& s : slots_) all &= s.state == State::kLoaded;
       if (all) {
         ready_ = true;
+        hold_retry_ = std::chrono::seconds(1);
         not_ready_reason_.clear();
         R1_LOG(INFO) << "group " << group_ << " ready: " << options_.world_size << " ranks";
       }
@@ -220,6 +221,10 @@ void WorkerPool::OnMessage(uint64_t link_id, const pb::WorkerMessage& m) {
       slot.state = State::kIdle;  // it dropped its communicator already
       last_error_ = m.load_failed().error();
       hold_ = true;
+      hold_until_ = Clock::now() + hold_retry_;
+      R1_LOG(WARNING) << "group " << group_ << " failed to load (" << m.load_failed().error() << "); forming it again in "
+                      << hold_retry_.count() / 1000.0 << " s or when a worker registers";
+      hold_retry_ = std::min<std::chrono::milliseconds>(hold_retry_ * 2, std::chrono::seconds(60));
       BreakGroupLocked(absl::StrCat("group ", group_, " failed to load: ", m.load_failed().error()));
       break;
     case pb::WorkerMessage::kStepResult: {
@@ -291,6 +296,10 @@ void WorkerPool::WatchHeartbeats() {
   while (!stop_watcher_) {
     watcher_cv_.wait_for(lock, std::chrono::milliseconds(200));
     const auto now = Clock::now();
+    if (hold_ && now >= hold_until_) {
+      hold_ = false;
+      MaybeFormGroupLocked();
+    }
     for (size_t r = 0; r < slots_.size(); ++r) {
       const Slot& s = slots_[r];
       if (!s.link || now - s.last_heartbeat < options_.heartbeat_timeout) continue;

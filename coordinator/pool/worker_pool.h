@@ -128,8 +128,13 @@ class WorkerPool {
   uint64_t next_link_id_ = 1, next_step_id_ = 1, next_sequence_id_ = 1;
   uint64_t group_ = 0;
   bool ready_ = false, shutting_down_ = false;
-  // After a failed load the group waits for a worker to (re)register instead of retrying forever.
+  // After a failed load the group is formed again when a worker (re)registers, or by itself
+  // after hold_retry_ (1 s, doubling to 60 s while loads keep failing; back to 1 s once a group is
+  // ready): a transient failure (a peer's address not reachable yet just after a network cut)
+  // recovers, and a deterministic one (a bad checkpoint) does not spin.
   bool hold_ = false;
+  std::chrono::steady_clock::time_point hold_until_{};
+  std::chrono::milliseconds hold_retry_{1000};
   std::string not_ready_reason_ = "waiting for workers to register";
   std::string last_error_;
   std::string launcher_;  // "mpi" or "registration", from the first rank of the group
