@@ -430,13 +430,19 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     }
     result->set_seconds(SecondsSince(t0));
     Send(m);
-    SetInStep(false);
+    SetInStep(false, Clock::now() - t0);
   }
 
-  void SetInStep(bool in_step) {
+  void SetInStep(bool in_step, Clock::duration took = {}) {
     std::lock_guard<std::mutex> lock(mu_);
     in_step_ = in_step;
+    longest_step_ = std::max(longest_step_, took);
     cv_.notify_all();
+  }
+
+  // How long a step may still run after the coordinator was lost before it counts as stuck.
+  Clock::duration StuckStepTimeout() const {
+    return std::max<Clock::duration>(options_.stuck_step_timeout, 10 * longest_step_);
   }
 
   absl::Status RunStep(const pb::Step& step, pb::StepResult* result) {
@@ -510,10 +516,12 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     if (options_.mpi && in_step_ && !stop_heartbeat_) {
       // The coordinator went away during a step. If some rank never received that step, this
       // rank waits in an MPI collective for it forever; only ending the job frees the others.
-      if (!cv_.wait_for(lock, options_.stuck_step_timeout, [&] { return !in_step_ || stop_heartbeat_; })) {
+      const Clock::duration timeout = StuckStepTimeout();
+      if (!cv_.wait_for(lock, timeout, [&] { return !in_step_ || stop_heartbeat_; })) {
         R1_LOG(ERROR) << "lost the coordinator at " << options_.coordinator << " during a step that is still running "
-                      << options_.stuck_step_timeout.count() / 1000.0
-                      << " s later (stuck in an MPI collective): exiting so that mpirun ends the job";
+                      << std::chrono::duration<double>(timeout).count()
+                      << " s later (stuck in an MPI collective: a rank never received the step): exiting so that "
+                         "mpirun ends the job";
         std::fflush(stderr);
         std::_Exit(1);
       }
@@ -604,6 +612,7 @@ class WorkerRuntimeImpl : public WorkerRuntime {
   std::deque<Event> events_;
   bool stop_requested_ = false, stop_heartbeat_ = false;
   bool in_step_ = false;  // the main thread is running a step
+  Clock::duration longest_step_{};  // of the steps run so far (guarded by mu_)
 
   // Main-thread state.
   std::unique_ptr<SwappableCommunicator> comm_;

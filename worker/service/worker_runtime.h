@@ -37,10 +37,11 @@ struct WorkerOptions {
   std::chrono::milliseconds reconnect_timeout{300000};  // to get a lost coordinator back
   std::chrono::milliseconds keepalive_time{5000};       // ping the coordinator after this much quiet
   std::chrono::milliseconds keepalive_timeout{5000};    // unanswered this long: the link is dead
-  // Under mpirun, a step still running this long after the coordinator was lost is stuck in a
-  // collective with a rank that never received it (MPI collectives have no timeout): the rank
-  // exits so that mpirun ends the job, which is restarted as a whole.
-  std::chrono::milliseconds stuck_step_timeout{60000};
+  // Under mpirun, a step still running after the coordinator was lost, longer than this and
+  // than 10 times the longest step this rank has run, is stuck in a collective with a rank that
+  // never received it (MPI collectives have no timeout and cannot be cancelled): the rank exits so
+  // that mpirun ends the job, which its supervisor restarts as a whole.
+  std::chrono::milliseconds stuck_step_timeout{5000};
 };
 
 // "fnv1a64:<16 hex digits>" over DIR/config.json and, for every *.safetensors file in DIR (by
