@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The reference run for bench_gpu (`--moe`: only the MoE layer; `--layer`: a whole MoE layer for
-bench_gpu_layer), in PyTorch on the same GPU: FP8 GEMM through torch._scaled_mm
-(row-wise scales: PyTorch's fastest FP8 path; block-wise where this PyTorch supports it) and BF16
-GEMM through torch.matmul, at the same R1 shapes. Median of 20 timed runs after warm-up."""
+bench_gpu_layer), in PyTorch on the same GPU, at the same R1 shapes: FP8 GEMM through
+torch._scaled_mm (DeepSeek's 1x128 / 128x128 block scales where this PyTorch and cuBLAS have them,
+else row-wise scales) and BF16 GEMM through torch.matmul, device time from CUDA-graph replays; the
+layers eager (as a torch layer runs), median of 20 timed runs after warm-up."""
 import sys
 
 import torch
@@ -21,6 +22,35 @@ def time_us(f, reps=20):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record(); f(); b.record(); b.synchronize()
         ts.append(a.elapsed_time(b) * 1000)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def fp8_codes(*shape):
+    """Random finite e4m3 codes (bit 6 cleared: no NaN), as bench_gpu's random FP8 data."""
+    return (torch.randint(0, 256, shape, dtype=torch.uint8, device="cuda") & 0xBF).view(torch.float8_e4m3fn)
+
+
+def graph_us(f, per_graph=20, reps=10):
+    """Device time of one f() from replays of a CUDA graph holding `per_graph` calls (no host work
+    between them, as decode runs and as bench_gpu's TimeGraphUs measures)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(per_graph):
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); g.replay(); b.record(); b.synchronize()
+        ts.append(a.elapsed_time(b) * 1000 / per_graph)
     ts.sort()
     return ts[len(ts) // 2]
 
@@ -166,27 +196,37 @@ def main():
     if "--layer" in sys.argv:
         full_layer_bench()
         return
+    print("FP8: random e4m3 codes (as bench_gpu), scales 0.01; device time per product from CUDA-graph replays "
+          "(20 products per graph, median of 10 replays), as bench_gpu times its own")
     for name, n, k in SHAPES:
         for m in (1, 8, 64, 256, 4096):
-            x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
-            w = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
-            sa = torch.ones(m, 1, device="cuda")
-            sb = torch.ones(1, n, device="cuda")
             mp = max(16, (m + 15) // 16 * 16)
-            xp = torch.zeros(mp, k, device="cuda").to(torch.float8_e4m3fn)
-            sap = torch.ones(mp, 1, device="cuda")
-            try:
-                us = time_us(lambda: torch._scaled_mm(xp, w.t(), scale_a=sap, scale_b=sb, out_dtype=torch.bfloat16))
-                kind = "scaled_mm rowwise"
-            except Exception as e:  # noqa: BLE001
-                us, kind = float("nan"), f"scaled_mm unavailable ({type(e).__name__})"
+            xp = fp8_codes(mp, k)
+            w = fp8_codes(n, k)
+            kinds = []
+            kb, nb = (k + 127) // 128, (n + 127) // 128
+            # DeepSeek's recipe (1x128 activation groups, 128x128 weight blocks) where this PyTorch and
+            # cuBLAS have it, both scale tensors outer-dim-major; else row-wise scales.
+            kinds.append(("scaled_mm block 1x128/128x128",
+                          torch.full((kb, mp), 0.01, device="cuda").t(), torch.full((nb, kb), 0.01, device="cuda").t()))
+            kinds.append(("scaled_mm rowwise", torch.full((mp, 1), 0.01, device="cuda"),
+                          torch.full((1, n), 0.01, device="cuda")))
+            us, kind, why = float("nan"), "scaled_mm unavailable", ""
+            for label, sa, sb in kinds:
+                try:
+                    f = lambda sa=sa, sb=sb: torch._scaled_mm(xp, w.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+                    f()
+                    torch.cuda.synchronize()
+                    us, kind = graph_us(f), label + why
+                    break
+                except Exception as e:  # noqa: BLE001
+                    why = f"; {label} unavailable: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}"
             xb = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             wb = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-            ub = time_us(lambda: xb @ wb.t())
+            ub = graph_us(lambda: xb @ wb.t())
             fl = 2.0 * m * n * k
             print(f"torch {name:15s} M={m:<5d} N={n:<6d} K={k}: fp8 {us:9.1f} us ({fl / us / 1e6:7.1f} TFLOP/s, {kind}); "
                   f"bf16 {ub:9.1f} us ({fl / ub / 1e6:7.1f} TFLOP/s)")
-
 
 if __name__ == "__main__":
     main()
