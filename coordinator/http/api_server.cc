@@ -113,6 +113,15 @@ bool ApiServer::IsServedModel(const std::string& name) const {
           name == served.substr(0, served.size() - std::string(":latest").size()));
 }
 
+ApiError ApiServer::ModelNotFound(const std::string& name) const {
+  ApiError e;
+  e.status = 404;
+  e.code = "model_not_found";
+  e.param = "model";
+  e.message = absl::StrCat("the model '", name, "' does not exist; this server serves '", options_.model_name, "'");
+  return e;
+}
+
 int64_t ApiServer::MaxTokensLimit() const {
   const int64_t context = engine_->max_context();
   return options_.max_tokens > 0 ? std::min(options_.max_tokens, context) : context;

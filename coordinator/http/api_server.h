@@ -63,6 +63,8 @@ class ApiServer {
   bool Authorized(const HttpRequest& request) const;
   // True when `name` (possibly with an Ollama tag such as ":latest") is the served model.
   bool IsServedModel(const std::string& name) const;
+  // OpenAI's 404 model_not_found for a request that names another model.
+  ApiError ModelNotFound(const std::string& name) const;
   // The largest max_tokens a request may ask for.
   int64_t MaxTokensLimit() const;
   // Parses OpenAI / Ollama "messages" into ChatMessage; `ollama` selects Ollama's tool-call shape.

@@ -158,13 +158,7 @@ void ApiServer::OpenAiModels(const HttpRequest& request, std::shared_ptr<HttpExc
   }
   const std::string id = request.path.substr(std::string("/v1/models/").size());
   if (!IsServedModel(id)) {
-    ApiError e;
-    e.status = 404;
-    e.code = "model_not_found";
-    e.param = "model";
-    e.message = absl::StrCat("the model '", id, "' does not exist; this server serves '",
-                             options_.model_name, "'");
-    return OpenAiError(exchange, e);
+    return OpenAiError(exchange, ModelNotFound(id));
   }
   exchange->Respond(200, "application/json", Dump(model));
 }
@@ -177,13 +171,7 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
   FieldReader f{body, std::nullopt, ""};
   auto fail = [&](const ApiError& e) { OpenAiError(exchange, e); };
   if (auto model = f.String("model"); model && !IsServedModel(*model)) {
-    ApiError e;
-    e.status = 404;
-    e.code = "model_not_found";
-    e.param = "model";
-    e.message = absl::StrCat("the model '", *model, "' does not exist; this server serves '",
-                             options_.model_name, "'");
-    return fail(e);
+    return fail(ModelNotFound(*model));
   }
   if (f.error) return fail(*f.error);
   std::vector<ChatMessage> messages;
@@ -353,13 +341,7 @@ void ApiServer::OpenAiCompletions(const HttpRequest& request,
   FieldReader f{body, std::nullopt, ""};
   auto fail = [&](const ApiError& e) { OpenAiError(exchange, e); };
   if (auto model = f.String("model"); model && !IsServedModel(*model)) {
-    ApiError e;
-    e.status = 404;
-    e.code = "model_not_found";
-    e.param = "model";
-    e.message = absl::StrCat("the model '", *model, "' does not exist; this server serves '",
-                             options_.model_name, "'");
-    return fail(e);
+    return fail(ModelNotFound(*model));
   }
   if (f.error) return fail(*f.error);
   // prompt: a string, or [string], or token ids, or [[ids]]; one prompt per request.
