@@ -468,6 +468,31 @@ int main(int argc, char** argv) {
         std::snprintf(name, sizeof name, "fp8 %-15s M=%-5ld N=%-6ld K=%ld", s.name, static_cast<long>(m),
                       static_cast<long>(s.n), static_cast<long>(s.k));
         Line(name, us, flops, bytes, hbm, kFp8Tflops);
+        if (m >= 256) {
+          // The same product through the project's own FP8 x FP8 kernel (the routed experts'
+          // grouped GEMM with one group): row-major 1x128 activation scales, same codes.
+          const int64_t xs_stride = kb;
+          auto* xs_rows = static_cast<float*>(AllocF32Const(m * xs_stride, 0.01f));
+          auto* offsets = static_cast<int32_t*>(Alloc(2 * sizeof(int32_t)));
+          const int32_t host_offsets[2] = {0, static_cast<int32_t>(m)};
+          CHECK_CUDA(cudaMemcpy(offsets, host_offsets, sizeof host_offsets, cudaMemcpyHostToDevice));
+          r1::cuda::GroupedFp8GemmParams gp;
+          gp.offsets = offsets, gp.w = w, gp.scales = ws, gp.y = y;
+          gp.x_q = x, gp.x_scales = xs_rows, gp.x_stride = s.k, gp.x_scale_stride = xs_stride;
+          gp.experts = 1, gp.n = s.n, gp.k = s.k, gp.w_stride = s.k, gp.scale_stride = stride, gp.max_rows = m;
+          bool own_ok = r1::cuda::GroupedFp8Gemm(gp, nullptr).ok();
+          CHECK_CUDA(cudaDeviceSynchronize());
+          if (own_ok) {
+            const double us_own = TimeGraphUs([&](int, cudaStream_t st) {
+              own_ok = own_ok && r1::cuda::GroupedFp8Gemm(gp, st).ok();
+            });
+            std::snprintf(name, sizeof name, "  own FP8xFP8 kernel (1 group), M=%ld", static_cast<long>(m));
+            Line(name, us_own, flops, bytes, hbm, kFp8Tflops);
+            std::printf("  cuBLASLt time / own time: %.2f\n", us / us_own);
+          }
+          if (!own_ok) std::printf("  (own FP8xFP8 kernel refused this shape)\n");
+          cudaFree(xs_rows), cudaFree(offsets);
+        }
         cudaFree(x), cudaFree(xs), cudaFree(w), cudaFree(ws), cudaFree(y);
       }
     }
