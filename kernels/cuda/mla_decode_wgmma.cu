@@ -13,10 +13,12 @@
 //     layout: 64-dim column chunks of 64 rows x 128 bytes, 16-byte unit u of row r at unit
 //     u ^ (r % 8), so the MMAs read them bank-conflict free.
 //   * Loads: pages of 8, 16, 32 or 64 slots (or multiples of 64) arrive by bulk tensor copies (TMA,
-//     one 64-dim x page box per chunk, the hardware applying the swizzle) on a per-stage mbarrier,
-//     issued by one thread of warpgroup 1 as soon as warpgroup 0 frees the stage; other page
-//     sizes are gathered token by token with cp.async by warpgroup 1. Slots past the context in
-//     the last tile are zeroed (NaN-free V for P · V; their scores are masked).
+//     one 64-dim x page box per chunk, the hardware applying the swizzle), each column chunk on
+//     its own mbarrier so that the scores' k-steps for chunk c go out as soon as it has landed;
+//     issued by one thread of warpgroup 1 as soon as warpgroup 0 frees the stage, the page id
+//     read from the block table a tile ahead; other page sizes are gathered token by token with
+//     cp.async by warpgroup 1. Slots past the context in the last tile are zeroed (NaN-free V for
+//     P · V; their scores are masked).
 //   * Warpgroup 0 computes the scores S = q · K^T (64 x 64, K = 576: 36 wgmma m64n64k16, q and K
 //     both from shared memory), the online softmax in registers (base 2, on the raw scores with
 //     the scale folded into one FMA per exponent), hands P (bf16) and the rescale factors to
@@ -24,7 +26,7 @@
 //     from its registers (the score accumulators are already in the A-operand layout) and V = the
 //     first 512 dims of the same tile read as an N-major operand (no second read). Warpgroup 1
 //     accumulates dims 256..511 from P in shared memory. Each thread holds 128 float accumulators.
-//   * Handshakes: the stage's mbarrier (tile landed, bulk copies), named barriers for "tile landed"
+//   * Handshakes: the chunks' mbarriers (landed, bulk copies), named barriers for "tile landed"
 //     (cp.async, or a zeroed partial last tile), P ready, P consumed and tile consumed;
 //     fence.proxy.async.shared::cta after ordinary stores that wgmma reads next.
 //   * Split context and its workspace are those of mla_decode_tc.cu (PlanMlaSplits,
@@ -32,9 +34,14 @@
 //   * What bounds it (ncu, batch 64 x 4K, 75% of the copy rate): DRAM 67% busy, the tensor pipe
 //     55%, 0.28 instructions issued per scheduler-cycle, 40% of warp stalls at barriers: one
 //     block per SM, and warpgroup 0's chain per tile (scores, softmax, P hand-over, P · V) leaves
-//     the tensor pipe idle during the softmax. Next: a third stage (q held in registers would free
-//     its 72 KB) so the next tile's scores overlap this tile's softmax, or the two warpgroups
-//     taking the scores of alternate tiles.
+//     the tensor pipe idle during the softmax. Per-chunk mbarriers with the page id read a tile
+//     ahead: 74.5 / 82.2 / 78.5% of the copy rate at 64 x 4K / 64 x 32K / 256 x 4K, against
+//     71.0 / 77.2 / 74.4% for the same kernel waiting on the whole tile with the page id read at
+//     issue (one run, back to back). Tried and slower: three warpgroups and three stages (q's
+//     latent dims in warpgroup 0's registers, P over the tile's rope chunk, setmaxnreg
+//     184/160/160): 64-72%, as q (128 registers) and S leave warpgroup 0 room only for m64n32
+//     score MMAs, 72 per tile (with m64n64 ptxas serializes the wgmmas, C7512); issuing the next
+//     tile's scores behind P · V in warpgroup 0: ~43% (255 registers, wgmmas serialized, C7518).
 // Test: tests/cuda/mla_wgmma_test.cc. Bench: bench_gpu --only mla (bench/README.md).
 #include <cuda.h>  // CUtensorMap and its enums (the encoder is fetched from the driver at run time)
 #include <cudaTypedefs.h>
@@ -69,8 +76,9 @@ constexpr int kKOff = kQOff + kPanelBytes;       // two stages
 constexpr int kPOff = kKOff + 2 * kPanelBytes;   // P: 64 heads x 64 tokens, one chunk
 constexpr int kAlphaOff = kPOff + kChunkBytes;   // float[64]: this tile's rescale factor per head
 constexpr int kInvOff = kAlphaOff + kHeads * 4;  // float[64]: 1 / softmax denominator per head
-constexpr int kBarOff = kInvOff + kHeads * 4;  // uint64[2]: per stage, "tile landed" (bulk copies)
-constexpr int kSmemBytes = kBarOff + 16 + 1024;  // + slack for the alignment
+// uint64[2][9]: per stage and column chunk, "chunk landed" (bulk copies)
+constexpr int kBarOff = kInvOff + kHeads * 4;
+constexpr int kSmemBytes = kBarOff + 2 * kChunks * 8 + 1024;  // + slack for the alignment
 constexpr int kIssuer = kThreads / 2;  // the thread of warpgroup 1 that issues bulk copies
 
 enum : int { kBarTileFull = 1, kBarPFull = 2, kBarPFree = 3, kBarTileFree = 4 };
@@ -274,34 +282,42 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   // The bulk-copy path: thread kIssuer copies each page's 9 chunk boxes (64 dims x page slots, the
-  // hardware applying the 128-byte swizzle) and arms the stage's mbarrier with their bytes.
+  // hardware applying the 128-byte swizzle), chunk by chunk, each chunk on its own mbarrier so
+  // the scores start on the first chunks while the rest are in flight. With pages of >= 64 slots
+  // the tile's page id comes from `page` (read a tile ahead: the table read stays off the issue).
   const uint32_t full_bar = base + kBarOff;
-  auto issue_tile = [&](int tile, int stage) {
-    const int t0 = start + tile * kTile, bs = static_cast<int>(p.block_size);
-    const uint32_t dst = k_s + stage * kPanelBytes, bar = full_bar + stage * 8;
+  const int bs = static_cast<int>(p.block_size);
+  auto chunk_bar = [&](int stage, int c) { return full_bar + (stage * kChunks + c) * 8; };
+  auto issue_tile = [&](int tile, int stage, int page) {
+    const int t0 = start + tile * kTile;
+    const uint32_t dst = k_s + stage * kPanelBytes;
     if (bs >= kTile) {  // the tile is 64 slots of one page
-      const int page = table[t0 / bs], slot = t0 % bs;
-      MbarExpectTx(bar, kPanelBytes);
-      for (int c = 0; c < kChunks; ++c)
-        TmaLoad(dst + c * kChunkBytes, &cache_map, c * 64, slot, page, bar);
+      const int slot = t0 % bs;
+      for (int c = 0; c < kChunks; ++c) {
+        MbarExpectTx(chunk_bar(stage, c), kChunkBytes);
+        TmaLoad(dst + c * kChunkBytes, &cache_map, c * 64, slot, page, chunk_bar(stage, c));
+      }
     } else {  // whole pages; those past the context are not read
       const int pages = min(kTile / bs, (end - t0 + bs - 1) / bs);
-      MbarExpectTx(bar, pages * bs * kRowBytes * kChunks);
-      for (int q = 0; q < pages; ++q) {
-        const int page = table[t0 / bs + q];
-        for (int c = 0; c < kChunks; ++c) {
-          TmaLoad(dst + c * kChunkBytes + q * bs * kRowBytes, &cache_map, c * 64, 0, page, bar);
+      for (int c = 0; c < kChunks; ++c) {
+        MbarExpectTx(chunk_bar(stage, c), pages * bs * kRowBytes);
+        for (int q = 0; q < pages; ++q) {
+          TmaLoad(dst + c * kChunkBytes + q * bs * kRowBytes, &cache_map, c * 64, 0,
+                  table[t0 / bs + q], chunk_bar(stage, c));
         }
       }
     }
   };
+  // Page id of tile t's first slot when pages hold >= 64 slots (else unused).
+  auto tile_page = [&](int t) { return bs >= kTile ? table[(start + t * kTile) / bs] : 0; };
+  int next_page = 0;  // kIssuer: tile_page of the next tile to issue
   if (wg == 1) {
     if (kTma) {
       if (tid == kIssuer) {
-        MbarInit(full_bar, 1);
-        MbarInit(full_bar + 8, 1);
+        for (int i = 0; i < 2 * kChunks; ++i) MbarInit(full_bar + i * 8, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        issue_tile(0, 0);
+        issue_tile(0, 0, tile_page(0));
+        if (ntiles > 1) next_page = tile_page(1);
       }
     } else {
       load_tile(0, 0);
@@ -339,15 +355,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t kt = k_s + (tile & 1) * kPanelBytes;
       const int t0 = start + tile * kTile;
       const bool partial = end - t0 < kTile;
-      // Bulk copies: the stage's mbarrier says the tile landed; warpgroup 1 only hands over the
-      // last tile when it is partial (after zeroing its tail). cp.async: warpgroup 1 hands over
-      // each.
+      // Bulk copies: each column chunk's mbarrier says it landed (the chunk's 4 k-steps go out as
+      // soon as it has); warpgroup 1 only hands over the last tile when it is partial (after
+      // zeroing its tail). cp.async: warpgroup 1 hands over each.
       if (!kTma || partial) BarSync(kBarTileFull);
-      if (kTma) MbarWait(full_bar + (tile & 1) * 8, (tile >> 1) & 1);
       float s[32];
       WgmmaFence();
 #pragma unroll
       for (int c = 0; c < kChunks; ++c) {
+        if (kTma) {
+          MbarWait(chunk_bar(tile & 1, c), (tile >> 1) & 1);
+          WgmmaFence();
+        }
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           const uint32_t off = c * kChunkBytes + kk * 32;
@@ -455,10 +474,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (tile >= 1)
           BarSync(kBarTileFree);  // warpgroup 0 is done with tile - 1, this stage's last
         if (!kTma) load_tile(tile + 1, (tile + 1) & 1);
-        if (kTma && tid == kIssuer) issue_tile(tile + 1, (tile + 1) & 1);
+        if (kTma && tid == kIssuer) {
+          issue_tile(tile + 1, (tile + 1) & 1, next_page);
+          if (tile + 2 < ntiles) next_page = tile_page(tile + 2);
+        }
       }
       if (kTma) {
-        MbarWait(full_bar + (tile & 1) * 8, (tile >> 1) & 1);
+        for (int c = 0; c < kChunks; ++c) MbarWait(chunk_bar(tile & 1, c), (tile >> 1) & 1);
         const int valid = end - (start + tile * kTile);
         if (valid < kTile) {
           // Slots past the context in the last page (and pages not read) hold whatever was there:

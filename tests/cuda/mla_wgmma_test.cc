@@ -36,6 +36,25 @@ TEST(CudaMlaWgmma, MatchesCpu) {
   EXPECT_LE(RunMlaCase({1, 128, 512, 64, 4096, 64}, Algo::kWgmma, false), 1e-2);
 }
 
+// The bulk-copy path's edges: contexts ending in either half of a tile (33, 97, 96) and at each
+// stage parity (190..193 over rows), stages reused many times (3000), pages of 32 and 8 slots
+// (each column chunk's mbarrier counting every page's box), a peaked softmax (the running max
+// moving within a tile), 64 and 192 heads, split and unsplit.
+TEST(CudaMlaWgmma, BulkPathEdgesMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const MlaCase cases[] = {
+      {2, 128, 512, 64, 33, 64},         {2, 128, 512, 64, 97, 64},
+      {4, 128, 512, 64, 193, 64},        {3, 64, 512, 64, 3000, 32},
+      {2, 192, 512, 64, 700, 8},         {4, 128, 512, 64, 1500, 64, 0.5f},
+      {1, 128, 512, 64, 4096, 64, 1.0f}, {16, 128, 512, 64, 2048, 128}};
+  for (const MlaCase& c : cases) {
+    EXPECT_LE(RunMlaCase(c, Algo::kWgmma, true), 1e-2)
+        << "rows=" << c.rows << " heads=" << c.heads << " ctx=" << c.ctx << " block=" << c.block;
+  }
+  EXPECT_LE(RunMlaCase({2, 128, 512, 64, 96, 64}, Algo::kWgmma, false), 1e-2);
+  EXPECT_LE(RunMlaCase({3, 128, 512, 64, 1000, 16, 0.5f}, Algo::kWgmma, false), 1e-2);
+}
+
 // kTensorCore on R1's shape takes the kernel MlaDecode's dispatch prefers; shapes the wgmma
 // kernel cannot take (heads not a multiple of 64, other latent sizes) fall back to mma.sync.
 TEST(CudaMlaWgmma, DispatchAndFallbackMatchCpu) {
