@@ -1,5 +1,9 @@
 // Whole R1 layers at real size through the GPU model: decode steps at 4K context and a 4K prefill.
 //   build-gpu/bench/gpu/bench_gpu_layer [--dir /tmp/r1-layer] [--ctx 4096] [--steps 10] [--keep]
+//                                       [--batches 1,8,64,256] [--no-depth]
+//   build-gpu/bench/gpu/bench_gpu_layer --profile [--batches 1]: only the 4-layer model's decode
+//       steps (no prefill: the cache rows are zeros), one step per batch between
+//       cudaProfilerStart/Stop, for `ncu --profile-from-start off` (per-kernel times of one step).
 //   build-gpu/bench/gpu/bench_gpu_layer --ep-shard [--ep-batches 64,128,256,512] [--ctx 2048]
 // 1. Writes (or reuses) a checkpoint of R1's first 4 layers (3 dense + 1 MoE with 256 experts,
 //    bench/gpu/r1_checkpoint.h), and beside it two configs over the same shards that stop after 3
@@ -21,6 +25,7 @@
 // 5. --ep-shard instead: one GPU's share of an 8-GPU expert-parallel deployment (EpShard below),
 //    61 layers layer-aliased with 4 shared cache layers, decode output tokens/s per GPU at 64–512
 //    sequences of 2K context, against its floor and the 3000 tokens/s target; no communication.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -43,6 +48,8 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// GpuModelOptions::parallel_lanes of every model the benchmark loads (--serial: false).
+bool parallel_lanes = true;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 #define CHECK_CUDA(x)                                                                  \
@@ -164,6 +171,7 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
                  int64_t weight_layers = 0, int prefill_reps = 2, int64_t kv_layers = 0) {
   r1::GpuModelOptions options;
   options.activations = r1::GpuActivations::kFp8;
+  options.parallel_lanes = parallel_lanes;
   options.weight_layers = weight_layers;
   options.kv_layers = kv_layers;
   options.max_step_tokens = std::max(ctx, *std::max_element(batches.begin(), batches.end()));
@@ -234,6 +242,42 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
                 max_rows);
   }
   return out;
+}
+
+// Decode steps of the model in `dir` at position `ctx` for each batch, the cache rows left at zero
+// (the bytes read are a real step's; the values do not matter for timing): a few warm-up steps
+// (graph capture), then exactly one step between cudaProfilerStart and cudaProfilerStop, so that a
+// profiler started with its capture off (`ncu --profile-from-start off`) sees one step's kernels.
+int Profile(const std::string& dir, int ctx, const std::vector<int>& batches) {
+  r1::GpuModelOptions options;
+  options.activations = r1::GpuActivations::kFp8;
+  options.parallel_lanes = parallel_lanes;
+  options.max_step_tokens = *std::max_element(batches.begin(), batches.end());
+  auto model = OrDie(r1::GpuDeepseekV3Model::Load(dir, options), "load");
+  constexpr int64_t kBlock = 64;
+  const int64_t seq_blocks = (ctx + 1 + kBlock - 1) / kBlock;
+  for (int b : batches) {
+    auto cache = OrDie(r1::GpuKvCache::Create(model->config(), b * seq_blocks, kBlock), "cache");
+    std::vector<r1::SequenceStep> batch(b);
+    for (int s = 0; s < b; ++s) {
+      batch[s].tokens = {static_cast<int32_t>((s * 104729 + 5) % 129280)};
+      batch[s].start_position = ctx;
+      for (int64_t k = 0; k < seq_blocks; ++k) batch[s].block_table.push_back(static_cast<int32_t>(s * seq_blocks + k));
+    }
+    const std::vector<r1::cuda::SamplingRow> rows(b);
+    std::vector<double> us;
+    for (int i = 0; i < 8; ++i) {
+      const auto t0 = Clock::now();
+      OrDie(model->ForwardSample(batch, cache, rows), "decode");
+      if (i >= 2) us.push_back(Seconds(t0, Clock::now()) * 1e6);
+    }
+    CHECK_CUDA(cudaProfilerStart());
+    OrDie(model->ForwardSample(batch, cache, rows), "decode");
+    CHECK_CUDA(cudaProfilerStop());
+    std::printf("profile: decode batch %d, context %d: %.0f us per step unprofiled (median of %zu)\n", b, ctx,
+                Median(us), us.size());
+  }
+  return 0;
 }
 
 // A config of `layers` layers over `src`'s shards (fewer: the loader reads only those; more: for a
@@ -312,7 +356,7 @@ int EpShard(const std::string& dir, int ctx, int steps, const std::vector<int>& 
 int main(int argc, char** argv) {
   std::string dir = "/tmp/r1-layer";
   int ctx = 4096, steps = 10;
-  bool keep = false, ep_shard = false, ctx_given = false;
+  bool keep = false, ep_shard = false, ctx_given = false, depth = true, profile = false;
   std::vector<int> batches = {1, 8, 64, 256};
   std::vector<int> ep_batches = {64, 128, 256, 512};
   for (int i = 1; i < argc; ++i) {
@@ -322,19 +366,28 @@ int main(int argc, char** argv) {
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--keep") keep = true;
     else if (a == "--ep-shard") ep_shard = true;
-    else if (a == "--ep-batches" && i + 1 < argc) {
-      ep_batches.clear();
-      for (absl::string_view v : absl::StrSplit(argv[++i], ',')) ep_batches.push_back(std::atoi(std::string(v).c_str()));
+    else if (a == "--no-depth") depth = false;
+    else if (a == "--profile") profile = true;
+    else if (a == "--serial") parallel_lanes = false;
+    else if ((a == "--ep-batches" || a == "--batches") && i + 1 < argc) {
+      std::vector<int>& list = a == "--batches" ? batches : ep_batches;
+      list.clear();
+      for (absl::string_view v : absl::StrSplit(argv[++i], ',')) list.push_back(std::atoi(std::string(v).c_str()));
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--dir D] [--ctx N] [--steps N] [--keep] [--ep-shard [--ep-batches 64,128,256,512]]\n"
+                   "usage: %s [--dir D] [--ctx N] [--steps N] [--keep] [--batches 1,8,64,256] [--no-depth]\n"
+                   "          [--profile] [--serial] [--ep-shard [--ep-batches 64,128,256,512]]\n"
+                   "  --no-depth: leave out the layer-aliased 61-layer run\n"
+                   "  --profile: only one decode step per batch of the 4-layer model between cudaProfilerStart/Stop\n"
+                   "  --serial: every layer's work on one stream (GpuModelOptions::parallel_lanes = false)\n"
                    "  --ep-shard: instead of the layer runs, the expert-parallel shard's decode at context 2048\n"
                    "              (or --ctx) for the given sequence counts\n",
                    argv[0]);
       return 2;
     }
   }
-  if (ctx < 1 || steps < 1 || ep_batches.empty() || *std::min_element(ep_batches.begin(), ep_batches.end()) < 1) return 2;
+  auto bad = [](const std::vector<int>& v) { return v.empty() || *std::min_element(v.begin(), v.end()) < 1; };
+  if (ctx < 1 || steps < 1 || bad(ep_batches) || bad(batches)) return 2;
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   const double gbs = MeasureCopyGBs();
@@ -350,6 +403,7 @@ int main(int argc, char** argv) {
     std::printf("wrote %zu shard(s), %.2f GB, 4 layers (3 dense + 1 MoE) in %.1f s\n", w.files.size(),
                 w.data_bytes / 1e9, Seconds(t0, Clock::now()));
   }
+  if (profile) return Profile(dir, ctx, batches);
   const Timings t4 = RunModel(dir, ctx, batches, steps);
   const Timings t3 = RunModel(Truncated(dir, 3), ctx, batches, steps);
   const Timings t1 = RunModel(Truncated(dir, 1), ctx, batches, steps);
@@ -401,7 +455,7 @@ int main(int argc, char** argv) {
   }
   // Full depth, layer-aliased: a 61-layer config over the same shards, layers 3..60 all running
   // layer 3's weights (each with its own cache layer). A run, not a projection.
-  {
+  if (depth) {
     const std::vector<int> depth_batches = {1, 64};
     const Timings t61 = RunModel(Truncated(dir, 61), ctx, depth_batches, steps, /*weight_layers=*/4, /*prefill_reps=*/0);
     std::printf("\nFull depth, layer-aliased 61-layer run (3 dense + 58 MoE on one MoE layer's weights):\n");

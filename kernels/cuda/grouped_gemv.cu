@@ -23,7 +23,8 @@
 //  - Sums are float32: per lane in k order, lanes combined by shuffles and the ks warps through
 //    shared memory, in a fixed order: a row's result depends on (n, k, experts) and its own inputs
 //    only, never on the other rows or their number.
-// MoeCombine: one thread per (token, column) sums its k choices in order.
+// MoeCombine: one thread per (token, column) sums its k choices in order (then the shared expert's
+// output, when given).
 // Tests: tests/cuda/gemv_test.cc (both GEMVs against a double-precision CPU reference),
 // tests/cuda/kernels_test.cc and kernels3_test.cc (GroupedGemv*). Bench: bench_gpu --only gemm|moe.
 #include <algorithm>
@@ -645,7 +646,9 @@ __global__ void MoeCombineKernel(MoeCombineParamsT<T> p) {
     if (s >= 0)
       acc += p.weights[t * p.top_k + j] * ToFloat(p.y[static_cast<int64_t>(s) * p.dim + c]);
   }
-  p.out[i] += acc;
+  float o = p.out[i] + acc;
+  if (p.shared != nullptr) o += ToFloat(p.shared[i]);
+  p.out[i] = o;
 }
 
 template <typename T>

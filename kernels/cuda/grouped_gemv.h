@@ -63,7 +63,8 @@ struct DenseGemvParams {
 absl::Status DenseGemv(const DenseGemvParams& p, cudaStream_t stream);
 
 // out[t, :] += sum_j weights[t, j] * y[slot[t, j], :] for slot >= 0, j in a fixed order (so the
-// result does not depend on thread timing). y bf16 (or float32), out float32 (the residual stream).
+// result does not depend on thread timing), then += shared[t, :] when given. y bf16 (or
+// float32), out float32 (the residual stream).
 template <typename T>
 struct MoeCombineParamsT {
   const T* y = nullptr;            // [entries, dim] expert outputs in permuted order
@@ -71,6 +72,9 @@ struct MoeCombineParamsT {
   const float* weights = nullptr;  // [tokens, top_k] routing weights
   float* out = nullptr;            // [tokens, dim]
   int64_t tokens = 0, top_k = 0, dim = 0;
+  // [tokens, dim] (the shared expert's output), added after the routed sum, as a second residual
+  // add would add it: out = (out + routed) + shared. Or null.
+  const T* shared = nullptr;
 };
 using MoeCombineParams = MoeCombineParamsT<__nv_bfloat16>;
 absl::Status MoeCombine(const MoeCombineParamsT<__nv_bfloat16>& p, cudaStream_t stream);

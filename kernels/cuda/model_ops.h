@@ -18,6 +18,12 @@ namespace r1::cuda {
 // float32 reference chooses them). Either output may be null, not both.
 absl::Status RmsNormF32(const float* x, const float* weight, __nv_bfloat16* out, int64_t rows, int64_t dim,
                         float eps, cudaStream_t stream, float* out_f32 = nullptr);
+// The residual add fused with the norm that follows it: x [rows, dim] += delta (bf16 or float32,
+// exactly as AddBf16 / AddF32 with scale 1 add it), then as RmsNormF32 on the new x.
+absl::Status AddRmsNormF32(float* x, const __nv_bfloat16* delta, const float* weight, __nv_bfloat16* out,
+                           int64_t rows, int64_t dim, float eps, cudaStream_t stream, float* out_f32 = nullptr);
+absl::Status AddRmsNormF32(float* x, const float* delta, const float* weight, __nv_bfloat16* out, int64_t rows,
+                           int64_t dim, float eps, cudaStream_t stream, float* out_f32 = nullptr);
 
 // x [n] float32 += scale * delta [n] bf16 (AddBf16) or float32 (AddF32).
 absl::Status AddBf16(float* x, const __nv_bfloat16* delta, int64_t n, float scale, cudaStream_t stream);
@@ -39,7 +45,8 @@ absl::Status ScatterLatent(const ScatterLatentParamsT<float>& p, cudaStream_t st
 
 // q_lat[t, h, c] = sum_d q[t, h, d] * w_uk[h, d, c] for d < nope, and q_pe[t, h, :] = q[t, h, nope:]
 // (q rows of qk_dim = nope + rope per head, bf16 or float32; w_uk float32 [heads, nope, kvr]).
-// With w_uk null only q_pe is written (q_lat then comes from a tensor-core product).
+// With w_uk null only q_pe is written (q_lat then comes from a tensor-core product, which reads
+// q_f32: the kernel writes that copy too when given, saving a cast launch).
 template <typename T>
 struct AbsorbQueryParamsT {
   const T* q = nullptr;              // [rows, heads, nope + rope]
@@ -47,6 +54,7 @@ struct AbsorbQueryParamsT {
   float* q_lat = nullptr;            // [rows, heads, kvr]
   float* q_pe = nullptr;             // [rows, heads, rope]
   int64_t rows = 0, heads = 0, nope = 0, rope = 0, kvr = 0;
+  float* q_f32 = nullptr;            // optional [rows, heads, nope + rope]: q widened to float32
 };
 using AbsorbQueryParams = AbsorbQueryParamsT<__nv_bfloat16>;
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<__nv_bfloat16>& p, cudaStream_t stream);

@@ -12,6 +12,8 @@
 //      chunk's lanes with the same expert (popc of the match mask below its lane).
 // The result is deterministic and, within an expert, in entry order, i.e. by token. Work is
 // O(T*k + tiles*E); for a decode batch or a 16k-token prefill chunk this is a few microseconds.
+// Up to 256 choices (a decode batch of up to 32 tokens at R1's top-8) take one block and one
+// launch instead (SmallPermuteKernel): at one token the three launches were most of the time.
 // Test: tests/cuda/kernels2_test.cc (MoePermute*: against a CPU counting sort, T in
 // {1, 3, 63, 4096}, E in {8, 16, 256}, idle experts and an expert-parallel slice).
 #include <algorithm>
@@ -106,6 +108,51 @@ __global__ void OffsetsKernel(MoePermuteParams p, int64_t tiles) {
   if (e == experts - 1) p.expert_offsets[experts] = inclusive;
 }
 
+// A decode batch's few choices (entries <= kSmallEntries) in one launch instead of three: one
+// block, thread i for choice i and thread e for expert e. The counts come from shared-memory
+// atomics (a count does not depend on the order of the adds), the offsets from the block scan of
+// OffsetsKernel, and a choice's rank within its expert is the number of earlier choices of that
+// expert: the same stable order, so the same outputs, as the three kernels.
+constexpr int kSmallEntries = 256;
+__global__ void __launch_bounds__(kMaxExperts) SmallPermuteKernel(MoePermuteParams p, int entries) {
+  __shared__ int32_t count[kMaxExperts], start[kMaxExperts], local[kSmallEntries], warp_totals[32];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int experts = static_cast<int>(p.num_experts);
+  if (tid < experts) count[tid] = 0;
+  const int e = tid < entries ? LocalExpert(p, tid, entries) : -1;
+  if (tid < entries) local[tid] = e;
+  __syncthreads();
+  if (e >= 0) atomicAdd(&count[e], 1);
+  __syncthreads();
+  const int32_t total = tid < experts ? count[tid] : 0;
+  int32_t inclusive = total;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int32_t v = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += v;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  for (int w = 0; w < warp; ++w) inclusive += warp_totals[w];
+  if (tid < experts) {
+    start[tid] = inclusive - total;
+    p.expert_offsets[tid] = inclusive - total;
+    if (p.expert_counts != nullptr) p.expert_counts[tid] = total;
+  }
+  if (tid == experts - 1) p.expert_offsets[experts] = inclusive;
+  __syncthreads();
+  if (tid >= entries) return;
+  if (e < 0) {
+    if (p.entry_slot != nullptr) p.entry_slot[tid] = -1;
+    return;
+  }
+  int32_t rank = 0;
+  for (int j = 0; j < tid; ++j) rank += local[j] == e;
+  const int32_t slot = start[e] + rank;
+  p.permuted_tokens[slot] = static_cast<int32_t>(tid / p.top_k);
+  p.permuted_weights[slot] = p.weights[tid];
+  if (p.entry_slot != nullptr) p.entry_slot[tid] = slot;
+}
+
 absl::Status Launched(const char* kernel) {
   const cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) return absl::OkStatus();
@@ -155,6 +202,10 @@ absl::Status MoePermute(const MoePermuteParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError(
         absl::StrCat("moe permute: workspace is null (needs ",
                      MoePermuteWorkspaceInts(p.tokens, p.top_k, p.num_experts), " int32s)"));
+  }
+  if (entries > 0 && entries <= kSmallEntries) {
+    SmallPermuteKernel<<<1, static_cast<unsigned>(kMaxExperts), 0, stream>>>(p, static_cast<int>(entries));
+    return Launched("small permute");
   }
   const unsigned blocks = static_cast<unsigned>((tiles + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const size_t shared_bytes = sizeof(int32_t) * kWarpsPerBlock * static_cast<size_t>(p.num_experts);

@@ -4,7 +4,9 @@
 // group g for its top-2 (n_group <= 32, so one group per lane) and topk_group rounds of a warp
 // argmax pick the groups; then top_k rounds of a warp argmax over b pick the experts (a chosen
 // expert is set to NaN, which no comparison prefers). Work per token is O(top_k * E / 32) per
-// lane: microseconds for a whole prefill batch, so nothing cleverer is warranted.
+// lane: microseconds for a whole prefill batch. A decode batch (up to 16 tokens) takes
+// RouterBlockKernel instead, a block per token and a thread per expert, with the same results:
+// at one token the warp's serial work was the whole launch (17 us on an H100 for R1's router).
 // Matching the reference bit for bit: the sigmoid goes through a double exp rounded to float,
 // i.e. the correctly rounded expf that glibc's expf (used by the CPU reference) returns all but
 // vanishingly rarely; the weight sum runs in the reference's order (best biased score first).
@@ -127,6 +129,107 @@ __global__ void RouterKernel(RouterParams p) {
   }
 }
 
+// The same selection for a decode batch: one block per token, thread e for expert e (blockDim =
+// experts rounded up to a warp), so that a token's work is spread over the block instead of one
+// warp's lanes walking all experts (at one token the kernel is the whole launch). Each step
+// reproduces RouterKernel's values exactly: the same sigmoid and biased scores; a group's two best
+// biased scores as the same multiset (lanes' serial top-2 merged by the same insertion rule), so
+// the same sum; topk_group and top_k rounds of an argmax under the same total order (Better),
+// which any reduction tree resolves alike; the weights summed in choice order.
+constexpr int kBlockRouterMaxTokens = 16;
+__device__ void Insert(float v, float& b1, float& b2) {
+  if (v > b1) {
+    b2 = b1;
+    b1 = v;
+  } else if (v > b2) {
+    b2 = v;
+  }
+}
+
+__global__ void RouterBlockKernel(RouterParams p) {
+  __shared__ float group_scores[kMaxGroups];
+  __shared__ float warp_best[kMaxExperts / 32];
+  __shared__ int warp_best_e[kMaxExperts / 32];
+  __shared__ float chosen_s[kMaxTopK];
+  __shared__ int chosen[kMaxTopK];
+  __shared__ unsigned keep_groups;
+  __shared__ float biased[kMaxExperts];
+  const int e = threadIdx.x, lane = e % 32, warp = e / 32, warps = blockDim.x / 32;
+  const int experts = static_cast<int>(p.experts);
+  const int64_t token = blockIdx.x;
+  const bool mine = e < experts;
+  const float s = mine ? Sigmoid(p.logits[token * experts + e]) : 0.0f;
+  float b = mine ? s + p.score_bias[e] : NAN;
+
+  if (p.n_group > 1) {
+    const int groups = static_cast<int>(p.n_group), per_group = experts / groups;
+    if (mine) biased[e] = b;
+    __syncthreads();
+    // Warp w takes groups w, w + warps, ...: each lane's top-2 over its strided share of the
+    // group, then the lanes' pairs inserted into lane 0's in turn.
+    for (int g = warp; g < groups; g += warps) {
+      float b1 = -INFINITY, b2 = -INFINITY;
+      for (int i = lane; i < per_group; i += 32) Insert(biased[g * per_group + i], b1, b2);
+      for (int l = 1; l < 32; ++l) {
+        const float o1 = __shfl_sync(kFullMask, b1, l), o2 = __shfl_sync(kFullMask, b2, l);
+        if (lane == 0) {
+          Insert(o1, b1, b2);
+          Insert(o2, b1, b2);
+        }
+      }
+      if (lane == 0) group_scores[g] = b1 + b2;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      float group_score = lane < groups ? group_scores[lane] : NAN;
+      unsigned keep = 0;
+      for (int round = 0; round < p.topk_group; ++round) {
+        float best = group_score;
+        int best_group = lane;
+        WarpArgmax(best, best_group);
+        keep |= 1u << best_group;
+        if (lane == best_group) group_score = NAN;
+      }
+      if (lane == 0) keep_groups = keep;
+    }
+    __syncthreads();
+    if (mine && ((keep_groups >> (e / per_group)) & 1u) == 0) b = -INFINITY;
+  }
+
+  // top_k rounds of a block argmax over b; the chosen expert's thread masks itself with NaN.
+  for (int j = 0; j < p.top_k; ++j) {
+    float best = b;
+    int best_e = mine ? e : 0x7fffffff;
+    WarpArgmax(best, best_e);
+    if (lane == 0) warp_best[warp] = best, warp_best_e[warp] = best_e;
+    __syncthreads();
+    if (warp == 0) {
+      float v = lane < warps ? warp_best[lane] : NAN;
+      int ve = lane < warps ? warp_best_e[lane] : 0x7fffffff;
+      WarpArgmax(v, ve);
+      if (lane == 0) chosen[j] = ve < experts ? ve : -1;
+    }
+    __syncthreads();
+    if (mine && e == chosen[j]) {
+      b = NAN;
+      chosen_s[j] = s;
+    }
+    __syncthreads();
+  }
+  if (e == 0) {
+    float sum = 0.0f;
+    for (int j = 0; j < p.top_k; ++j) {
+      if (chosen[j] >= 0) sum += chosen_s[j];
+    }
+    for (int j = 0; j < p.top_k; ++j) {
+      float w = chosen[j] >= 0 ? chosen_s[j] : 0.0f;
+      if (p.norm_topk_prob) w /= (sum + 1e-20f);
+      p.expert_ids[token * p.top_k + j] = chosen[j];
+      p.weights[token * p.top_k + j] = w * p.routed_scaling_factor;
+    }
+  }
+}
+
 }  // namespace
 
 absl::Status Router(const RouterParams& p, cudaStream_t stream) {
@@ -161,6 +264,14 @@ absl::Status Router(const RouterParams& p, cudaStream_t stream) {
                                                    ")]"));
   }
   if (p.tokens == 0) return absl::OkStatus();
+  if (p.tokens <= kBlockRouterMaxTokens) {
+    const unsigned threads = static_cast<unsigned>((p.experts + 31) / 32 * 32);
+    RouterBlockKernel<<<static_cast<unsigned>(p.tokens), threads, 0, stream>>>(p);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+      return absl::InternalError(absl::StrCat("router: launch failed: ", cudaGetErrorString(err)));
+    return absl::OkStatus();
+  }
   const int64_t blocks = (p.tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks > 0x7fffffff)
     return absl::InvalidArgumentError(absl::StrCat("router: tokens=", p.tokens, " too many"));

@@ -288,13 +288,60 @@ absl::StatusOr<std::unique_ptr<GpuDeepseekV3Model>> GpuDeepseekV3Model::Load(con
   R1_ASSIGN_OR_RETURN(m->gemm_, cuda::GemmRunner::Create());
   R1_RETURN_IF_ERROR(m->LoadWeights(*ckpt));
   R1_RETURN_IF_ERROR(m->AllocateWorkspace());
+  R1_RETURN_IF_ERROR(m->SetUpLanes());
   R1_LOG(INFO) << "GPU activations: " << GpuActivationsName(options.activations);
   return m;
 }
 
 GpuDeepseekV3Model::~GpuDeepseekV3Model() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  for (cudaStream_t s : side_streams_) {
+    if (s) cudaStreamDestroy(s);
+  }
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+absl::Status GpuDeepseekV3Model::SetUpLanes() {
+  // Lanes run in parallel unless they would share the kBf16 path's weight scratch (kBf16, or kFp8
+  // with some layers on the bf16 path): each lane has its own runner and quantiser buffers, but
+  // one scratch.
+  const bool parallel = options_.parallel_lanes &&
+                        (options_.activations == GpuActivations::kFloat32 ||
+                         (options_.activations == GpuActivations::kFp8 && options_.fp8_gemms == kAllFp8Gemms));
+  lanes_[kMainLane] = Lane{stream_, gemm_.get(), &ws_.quant_q, &ws_.quant_scales};
+  for (int i = 1; i < kLaneCount; ++i) {
+    if (!parallel) {
+      lanes_[i] = lanes_[kMainLane];
+      continue;
+    }
+    R1_RETURN_IF_ERROR(
+        CudaCheck(cudaStreamCreateWithFlags(&side_streams_[i - 1], cudaStreamNonBlocking), "lane stream"));
+    R1_ASSIGN_OR_RETURN(side_gemms_[i - 1], cuda::GemmRunner::Create());
+    lanes_[i] = Lane{side_streams_[i - 1], side_gemms_[i - 1].get(), nullptr, nullptr};
+  }
+  if (parallel) lanes_[kSideLane].quant_q = &ws_.quant_q2, lanes_[kSideLane].quant_scales = &ws_.quant_scales2;
+  // A wait binds to the event's latest record when it is issued, so a few events reused in turn
+  // serve any number of forks.
+  events_.resize(parallel ? 4 : 0);
+  for (cudaEvent_t& e : events_) {
+    R1_RETURN_IF_ERROR(CudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "lane event"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuDeepseekV3Model::Fork(const Lane& from, const Lane& to) {
+  if (from.stream == to.stream) return absl::OkStatus();
+  const cudaEvent_t e = events_[next_event_++ % events_.size()];
+  R1_RETURN_IF_ERROR(CudaCheck(cudaEventRecord(e, from.stream), "lane fork: record"));
+  return CudaCheck(cudaStreamWaitEvent(to.stream, e, 0), "lane fork: wait");
+}
+
+GpuDeepseekV3Model::Lane GpuDeepseekV3Model::Borrow(const Lane& stream, const Lane& inputs) {
+  Lane l = stream;
+  l.quant_q = inputs.quant_q;
+  l.quant_scales = inputs.quant_scales;
+  return l;
 }
 
 absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
@@ -535,6 +582,8 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   if (options_.activations == GpuActivations::kFp8) {
     R1_RETURN_IF_ERROR(a(&ws_.quant_q, tp * kmax));
     R1_RETURN_IF_ERROR(a(&ws_.quant_scales, tp * (kmax / 128) * 4));
+    R1_RETURN_IF_ERROR(a(&ws_.quant_q2, tp * kmax));
+    R1_RETURN_IF_ERROR(a(&ws_.quant_scales2, tp * (kmax / 128) * 4));
     // The routed experts' rows quantised for the grouped FP8 × FP8 GEMM (hidden or intermediate
     // columns, padded to 16 codes; one scale per 128).
     const int64_t ek = std::max<int64_t>({hd, c.moe_intermediate_size, 1});
@@ -555,9 +604,20 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   return absl::OkStatus();
 }
 
-absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y) {
-  const bool quantise =
-      w.fp8 && options_.activations == GpuActivations::kFp8 && (w.gemm < 0 || (options_.fp8_gemms >> w.gemm & 1));
+bool GpuDeepseekV3Model::Quantises(const GpuLinear& w) const {
+  return w.fp8 && options_.activations == GpuActivations::kFp8 && (w.gemm < 0 || (options_.fp8_gemms >> w.gemm & 1));
+}
+
+absl::Status GpuDeepseekV3Model::Quantise(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, const Lane& lane) {
+  if (!Quantises(w)) return absl::OkStatus();
+  if (lane.quant_q == nullptr) return absl::InternalError("linear: this lane has no quantiser buffers");
+  return cuda::QuantizeFp8PerToken128({x, lane.quant_q->as<__nv_fp8_e4m3>(), lane.quant_scales->as<float>(), m, w.k,
+                                       w.k_stored}, lane.stream);
+}
+
+absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y,
+                                        const Lane& lane, bool quantised) {
+  const bool quantise = Quantises(w);
   // A row or so of a narrow layer (decode): the GEMV reads the weight once, as stored, without
   // cuBLASLt's fixed cost per launch (GpuModelOptions::gemv_max_rows, bench/README.md).
   const bool gemv = m <= options_.gemv_max_rows && w.n <= options_.gemv_max_cols;
@@ -576,15 +636,17 @@ absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const
   }
   if (quantise) {
     // The same FP8 x FP8 product either way: codes and per-token scales from the quantiser.
-    auto* q = ws_.quant_q.as<__nv_fp8_e4m3>();
-    auto* s = ws_.quant_scales.as<float>();
-    R1_RETURN_IF_ERROR(cuda::QuantizeFp8PerToken128({x, q, s, m, w.k, w.k_stored}, stream_));
-    if (!gemv) return gemm_->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, stream_);
+    if (!quantised) R1_RETURN_IF_ERROR(Quantise(x, m, w, lane));
+    auto* q = lane.quant_q->as<__nv_fp8_e4m3>();
+    auto* s = lane.quant_scales->as<float>();
+    if (!gemv) {
+      return lane.gemm->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, lane.stream);
+    }
     g.x_q = q;
     g.x_scales = s;
     g.x_stride = w.k_stored;
     g.x_scale_rows = cuda::Fp8PaddedRows(m);
-    return cuda::DenseGemv(g, stream_);
+    return cuda::DenseGemv(g, lane.stream);
   }
   if (gemv) {
     // bf16 x times the weight rounded to bf16 as DequantizeFp8ToBf16 rounds it below: decode
@@ -592,16 +654,17 @@ absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const
     g.x = x;
     g.x_stride = w.k;
     g.w_round_bf16 = w.fp8;
-    return cuda::DenseGemv(g, stream_);
+    return cuda::DenseGemv(g, lane.stream);
   }
-  if (!w.fp8) return gemm_->Bf16({x, w.w.as<__nv_bfloat16>(), y, m, w.n, w.k}, stream_);
+  if (!w.fp8) return lane.gemm->Bf16({x, w.w.as<__nv_bfloat16>(), y, m, w.n, w.k}, lane.stream);
   auto* scratch = ws_.w_scratch.as<__nv_bfloat16>();
   R1_RETURN_IF_ERROR(cuda::DequantizeFp8ToBf16({w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), scratch, w.n, w.k,
-                                                w.k_stored, w.scale_stride}, stream_));
-  return gemm_->Bf16({x, scratch, y, m, w.n, w.k}, stream_);
+                                                w.k_stored, w.scale_stride}, lane.stream));
+  return lane.gemm->Bf16({x, scratch, y, m, w.n, w.k}, lane.stream);
 }
 
-absl::Status GpuDeepseekV3Model::Linear(const float* x, int64_t m, const GpuLinear& w, float* y) {
+absl::Status GpuDeepseekV3Model::Linear(const float* x, int64_t m, const GpuLinear& w, float* y, const Lane& lane,
+                                        bool /*quantised*/) {
   cuda::DequantLinearParams p;
   p.x = x;
   p.y = y;
@@ -616,7 +679,7 @@ absl::Status GpuDeepseekV3Model::Linear(const float* x, int64_t m, const GpuLine
   } else {
     p.w_bf16 = w.w.as<__nv_bfloat16>();
   }
-  return cuda::DequantLinearF32(p, stream_);
+  return cuda::DequantLinearF32(p, lane.stream);
 }
 
 absl::Status GpuDeepseekV3Model::Logits(const __nv_bfloat16* h, int64_t m) {
@@ -631,27 +694,26 @@ absl::Status GpuDeepseekV3Model::Logits(const __nv_bfloat16* h, int64_t m) {
 }
 
 absl::Status GpuDeepseekV3Model::Logits(const float* h, int64_t m) {
-  return Linear(h, m, lm_head_, ws_.logits.as<float>());
+  return Linear(h, m, lm_head_, ws_.logits.as<float>(), lanes_[kMainLane]);
 }
-
-namespace {
-absl::Status AddToResidual(float* x, const __nv_bfloat16* d, int64_t n, cudaStream_t s) {
-  return cuda::AddBf16(x, d, n, 1.0f, s);
-}
-absl::Status AddToResidual(float* x, const float* d, int64_t n, cudaStream_t s) { return cuda::AddF32(x, d, n, 1.0f, s); }
-}  // namespace
 
 template <typename T>
-absl::Status GpuDeepseekV3Model::RunMlp(const Mlp& w, const T* h, int64_t m, float* x) {
-  const int64_t inter = w.gate.n, hd = config_.hidden_size;
+absl::Status GpuDeepseekV3Model::RunMlp(const Mlp& w, const T* h, int64_t m, const Lane& a, const Lane& b) {
+  const int64_t inter = w.gate.n;
   auto* gp = ws_.g.as<T>();
   auto* up = ws_.u.as<T>();
   auto* dp = ws_.d.as<T>();
-  R1_RETURN_IF_ERROR(Linear(h, m, w.gate, gp));
-  R1_RETURN_IF_ERROR(Linear(h, m, w.up, up));
-  R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{gp, up, gp, m, inter, inter, inter, inter}, stream_));
-  R1_RETURN_IF_ERROR(Linear(gp, m, w.down, dp));
-  return AddToResidual(x, dp, m * hd, stream_);
+  // h is quantised once (on a) for both products, and up_proj runs on b from a's quantiser
+  // buffers; unless only one of the two quantises its input (then both stay on a).
+  const bool same_input = Quantises(w.gate) == Quantises(w.up);
+  const Lane up_lane = same_input ? Borrow(b, a) : a;
+  R1_RETURN_IF_ERROR(Quantise(h, m, w.gate, a));
+  R1_RETURN_IF_ERROR(Fork(a, up_lane));
+  R1_RETURN_IF_ERROR(Linear(h, m, w.up, up, up_lane, /*quantised=*/same_input));
+  R1_RETURN_IF_ERROR(Linear(h, m, w.gate, gp, a, /*quantised=*/true));
+  R1_RETURN_IF_ERROR(Fork(up_lane, a));
+  R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{gp, up, gp, m, inter, inter, inter, inter}, a.stream));
+  return Linear(gp, m, w.down, dp, a);
 }
 
 template <typename T>
@@ -666,56 +728,68 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
   auto* hb = ws_.hb.as<T>();
   auto* pos = ws_.pos.as<int64_t>();
   auto* tables = ws_.tables.as<int32_t>();
+  const Lane& main = lanes_[kMainLane];
+  const Lane& side = lanes_[kSideLane];
+  const Lane& third = lanes_[kThirdLane];
+  // A residual delta [t, H] not yet added to x (the embedding, o_proj's or a dense MLP's output):
+  // the next norm adds it (one kernel for the add and the norm).
+  const T* pending = nullptr;
   // The normed residual: in T for the products, and in float32 for the router (hb itself when T
   // is float32).
   auto norm = [&](const DeviceMemory& weight, float* router_in) -> absl::Status {
-    if constexpr (kF32) {
-      return cuda::RmsNormF32(xf, weight.as<float>(), nullptr, t, hd, eps, stream_, hb);
-    } else {
-      return cuda::RmsNormF32(xf, weight.as<float>(), hb, t, hd, eps, stream_, router_in);
-    }
+    const T* delta = pending;
+    pending = nullptr;
+    float* out_f32 = kF32 ? reinterpret_cast<float*>(hb) : router_in;
+    __nv_bfloat16* out_bf16 = nullptr;
+    if constexpr (!kF32) out_bf16 = hb;
+    if (delta == nullptr) return cuda::RmsNormF32(xf, weight.as<float>(), out_bf16, t, hd, eps, stream_, out_f32);
+    return cuda::AddRmsNormF32(xf, delta, weight.as<float>(), out_bf16, t, hd, eps, stream_, out_f32);
   };
   R1_RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(xf, 0, t * hd * 4, stream_), "clear"));
   R1_RETURN_IF_ERROR(cuda::Embedding(cuda::EmbeddingParamsT<T>{embed_.as<__nv_bfloat16>(), ws_.ids.as<int32_t>(),
                                                                ws_.emb.as<T>(), t, hd, c.vocab_size, 0}, stream_));
-  R1_RETURN_IF_ERROR(AddToResidual(xf, ws_.emb.as<T>(), t * hd, stream_));
+  pending = ws_.emb.as<T>();
 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     // Past the loaded layers (GpuModelOptions::weight_layers) the last one's weights run again.
     const Layer& L = layers_[std::min<size_t>(static_cast<size_t>(l), layers_.size() - 1)];
     // Attention (MLA, absorbed).
     R1_RETURN_IF_ERROR(norm(L.input_norm, nullptr));
+    // The new latent [t, 576] (kv_a_proj, its norm, RoPE, the cache write) on the side lane, beside
+    // the query's projections; joined before the attention reads the cache.
+    auto* layer_cache = cache.data.as<__nv_bfloat16>() + (l % cache.layers) * cache.layer_stride();
+    auto* kvb = ws_.kv.as<T>();
+    R1_RETURN_IF_ERROR(Fork(main, side));
+    R1_RETURN_IF_ERROR(Linear(hb, t, L.kv_a, kvb, side));
+    R1_RETURN_IF_ERROR(cuda::RmsNorm(cuda::RmsNormParamsT<T>{kvb, L.kv_a_norm.as<float>(), kvb, t, kvr, lat, lat, eps},
+                                     side.stream));
+    R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{kvb + kvr, t, 1, rope, lat, pos, inv_freq_.as<float>(), factor,
+                                                       c.rope_interleave}, side.stream));
+    R1_RETURN_IF_ERROR(cuda::ScatterLatent(cuda::ScatterLatentParamsT<T>{kvb, layer_cache, tables, pos, t, lat,
+                                                                         cache.block_size, table_stride,
+                                                                         cache.block_stride()}, side.stream));
+    // The query [t, NH, 192] on the main lane.
     auto* qb = ws_.q.as<T>();
     if (c.q_lora_rank) {
       const int64_t qa_dim = *c.q_lora_rank;
       auto* qab = ws_.qa.as<T>();
-      R1_RETURN_IF_ERROR(Linear(hb, t, L.q_a, qab));
+      R1_RETURN_IF_ERROR(Linear(hb, t, L.q_a, qab, main));
       R1_RETURN_IF_ERROR(cuda::RmsNorm(cuda::RmsNormParamsT<T>{qab, L.q_a_norm.as<float>(), qab, t, qa_dim, qa_dim, qa_dim,
                                                                eps}, stream_));
-      R1_RETURN_IF_ERROR(Linear(qab, t, L.q_b, qb));
+      R1_RETURN_IF_ERROR(Linear(qab, t, L.q_b, qb, main));
     } else {
-      R1_RETURN_IF_ERROR(Linear(hb, t, L.q, qb));
+      R1_RETURN_IF_ERROR(Linear(hb, t, L.q, qb, main));
     }
     R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{qb + nope, t * nh, nh, rope, qk, pos, inv_freq_.as<float>(),
                                                        factor, c.rope_interleave}, stream_));
-    auto* kvb = ws_.kv.as<T>();
-    R1_RETURN_IF_ERROR(Linear(hb, t, L.kv_a, kvb));
-    R1_RETURN_IF_ERROR(cuda::RmsNorm(cuda::RmsNormParamsT<T>{kvb, L.kv_a_norm.as<float>(), kvb, t, kvr, lat, lat, eps},
-                                     stream_));
-    R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{kvb + kvr, t, 1, rope, lat, pos, inv_freq_.as<float>(), factor,
-                                                       c.rope_interleave}, stream_));
-    auto* layer_cache = cache.data.as<__nv_bfloat16>() + (l % cache.layers) * cache.layer_stride();
-    R1_RETURN_IF_ERROR(cuda::ScatterLatent(cuda::ScatterLatentParamsT<T>{kvb, layer_cache, tables, pos, t, lat,
-                                                                         cache.block_size, table_stride,
-                                                                         cache.block_stride()}, stream_));
     // q_lat = q_nope · w_uk per head: in the bf16/fp8 modes one batched TF32 tensor-core product
     // over the heads (the per-row kernel re-reads w_uk, 33.5 MB at R1's size, for every row); the
     // float32 weights as loaded, q widened to float32. q_pe is copied out by the kernel either way.
     bool absorbed = false;
     if constexpr (!kF32) {
       R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, nullptr, nullptr, ws_.q_pe.as<float>(), t,
-                                                                       nh, nope, rope, kvr}, stream_));
-      R1_RETURN_IF_ERROR(cuda::CastToF32(qb, ws_.q_f32.as<float>(), t * nh * qk, stream_));
+                                                                       nh, nope, rope, kvr, ws_.q_f32.as<float>()},
+                                           stream_));
       cuda::BatchedGemmParams bp;
       bp.type = cuda::BatchedGemmParams::Type::kTf32;
       bp.x = ws_.q_f32.ptr, bp.ldx = nh * qk, bp.stride_x = qk;
@@ -729,6 +803,7 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
                                                                        ws_.q_pe.as<float>(), t, nh, nope, rope, kvr},
                                            stream_));
     }
+    R1_RETURN_IF_ERROR(Fork(side, main));  // the latent is in the cache
     cuda::MlaDecodeParams mp;
     mp.q_lat = ws_.q_lat.as<float>();
     mp.q_pe = ws_.q_pe.as<float>();
@@ -772,15 +847,22 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
       R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn,
                                                                      t, nh, vd, kvr}, stream_));
     }
-    R1_RETURN_IF_ERROR(Linear(attn, t, L.o, ws_.o.as<T>()));
-    R1_RETURN_IF_ERROR(AddToResidual(xf, ws_.o.as<T>(), t * hd, stream_));
+    R1_RETURN_IF_ERROR(Linear(attn, t, L.o, ws_.o.as<T>(), main));
+    pending = ws_.o.as<T>();
 
     // MLP, or MoE: router → permutation → all experts in one grouped launch → ordered combine.
     float* router_in = kF32 ? reinterpret_cast<float*>(hb) : ws_.hf.as<float>();
     R1_RETURN_IF_ERROR(norm(L.post_norm, router_in));
     if (!L.is_moe) {
-      R1_RETURN_IF_ERROR(RunMlp(L.mlp, hb, t, xf));
+      R1_RETURN_IF_ERROR(RunMlp(L.mlp, hb, t, main, third));
+      pending = ws_.d.as<T>();
       continue;
+    }
+    // The shared expert on the side lane, beside the router and the routed experts; its output
+    // (ws_.d) joins at the combine.
+    if (L.has_shared) {
+      R1_RETURN_IF_ERROR(Fork(main, side));
+      R1_RETURN_IF_ERROR(RunMlp(L.shared, hb, t, side, side));
     }
     const int64_t ne = c.n_routed_experts, k = c.num_experts_per_tok, inter = c.moe_intermediate_size;
     R1_RETURN_IF_ERROR(cuda::LinearF32(router_in, L.router.as<float>(), ws_.router_logits.as<float>(), t, ne, hd,
@@ -859,7 +941,7 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
       gp.w_stride = b.w_stride;
       gp.scale_stride = b.scale_stride;
     };
-    auto project = [&](const ExpertBank& b, const T* in, T* out, bool quantised) -> absl::Status {
+    auto project = [&](const ExpertBank& b, const T* in, T* out, bool quantised, cudaStream_t stream) -> absl::Status {
       if constexpr (!kF32) {
         if (grouped_gemm) {
           cuda::GroupedFp8GemmParams mp;
@@ -872,26 +954,33 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
             qp.x_scales = ws_.moe_qs.as<float>();
             qp.x_stride = b.k;
             qp.x_scale_stride = (b.k + 127) / 128;
-            absl::Status st = cuda::GroupedFp8Gemm(qp, stream_);
+            absl::Status st = cuda::GroupedFp8Gemm(qp, stream);
             if (!absl::IsInvalidArgument(st)) return st;  // else the bf16 product below
           }
-          absl::Status st = cuda::GroupedFp8Gemm(mp, stream_);
+          absl::Status st = cuda::GroupedFp8Gemm(mp, stream);
           if (!absl::IsInvalidArgument(st)) return st;
         }
       }
       cuda::GroupedFp8GemvParamsT<T> gp;
       grouped_args(gp, b, in, out);
-      return cuda::GroupedFp8Gemv(gp, stream_);
+      return cuda::GroupedFp8Gemv(gp, stream);
     };
     R1_ASSIGN_OR_RETURN(const bool xe_q, quantise(xe, hd));
-    R1_RETURN_IF_ERROR(project(L.gate, xe, eg, xe_q));
-    R1_RETURN_IF_ERROR(project(L.up, xe, eu, xe_q));
+    // up_proj on the third lane beside gate_proj (one grouped launch each; at a few rows per
+    // expert neither fills the GPU alone).
+    R1_RETURN_IF_ERROR(Fork(main, third));
+    R1_RETURN_IF_ERROR(project(L.up, xe, eu, xe_q, third.stream));
+    R1_RETURN_IF_ERROR(project(L.gate, xe, eg, xe_q, stream_));
+    R1_RETURN_IF_ERROR(Fork(third, main));
     R1_RETURN_IF_ERROR(cuda::Swiglu(cuda::SwigluParamsT<T>{eg, eu, eg, entries, inter, inter, inter, inter}, stream_));
     R1_ASSIGN_OR_RETURN(const bool eg_q, quantise(eg, inter));
-    R1_RETURN_IF_ERROR(project(L.down, eg, ey, eg_q));
-    R1_RETURN_IF_ERROR(cuda::MoeCombine(cuda::MoeCombineParamsT<T>{ey, ws_.slot.as<int32_t>(), ws_.expert_w.as<float>(),
-                                                                   xf, t, k, hd}, stream_));
-    if (L.has_shared) R1_RETURN_IF_ERROR(RunMlp(L.shared, hb, t, xf));
+    R1_RETURN_IF_ERROR(project(L.down, eg, ey, eg_q, stream_));
+    cuda::MoeCombineParamsT<T> cp{ey, ws_.slot.as<int32_t>(), ws_.expert_w.as<float>(), xf, t, k, hd};
+    if (L.has_shared) {
+      R1_RETURN_IF_ERROR(Fork(side, main));
+      cp.shared = ws_.d.as<T>();
+    }
+    R1_RETURN_IF_ERROR(cuda::MoeCombine(cp, stream_));
   }
 
   // Final norm and lm_head on every row (rows that need no logits are dropped on the host).

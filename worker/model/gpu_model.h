@@ -128,6 +128,10 @@ struct GpuModelOptions {
   // every row count.
   int64_t gemv_max_rows = 1;
   int64_t gemv_max_cols = 4096;
+  // Independent work of a layer on parallel streams (the latent's projection beside the query's,
+  // the shared expert beside the routed experts, up_proj beside gate_proj); false: one stream
+  // (for measuring what the overlap gains). Outputs are the same either way.
+  bool parallel_lanes = true;
   // Loading: reader threads, each copying checkpoint pieces of `load_piece_bytes` into its own
   // pinned buffers and on to the device, so several disk reads and copies are in flight at once.
   int load_threads = 8;
@@ -188,9 +192,30 @@ class GpuDeepseekV3Model {
     Mlp shared;
   };
   class Uploader;
+  // A stream of the step and what work on it may use alone: its cuBLASLt runner (one workspace
+  // each) and the activation quantiser's output buffers (kFp8). Independent work of a layer runs
+  // on lanes of their own (the latent's projection beside the query's, the shared expert beside
+  // the routed experts, the routed up projection beside the gate), forked from and joined back
+  // into stream_ by events, so that a decode step's small kernels overlap instead of queueing
+  // (captured into the decode graph as parallel branches). Where lanes would share a scratch
+  // buffer (the kBf16 weight dequantisation), every lane is the main one.
+  struct Lane {
+    cudaStream_t stream = nullptr;
+    cuda::GemmRunner* gemm = nullptr;
+    DeviceMemory* quant_q = nullptr;
+    DeviceMemory* quant_scales = nullptr;
+  };
+  enum LaneId { kMainLane = 0, kSideLane = 1, kThirdLane = 2, kLaneCount = 3 };
   GpuDeepseekV3Model() = default;
   absl::Status LoadWeights(const Checkpoint& ckpt);
   absl::Status AllocateWorkspace();
+  // The lanes: extra streams, runners and events where lanes may run in parallel.
+  absl::Status SetUpLanes();
+  // The quantiser of Linear alone (kFp8 layers that quantise their input; nothing otherwise),
+  // so that a second lane can be forked after it and before the first product.
+  absl::Status Quantise(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, const Lane& lane);
+  absl::Status Quantise(const float*, int64_t, const GpuLinear&, const Lane&) { return absl::OkStatus(); }
+  bool Quantises(const GpuLinear& w) const;
   // Uploads the step's inputs and runs (or replays) the step; returns the token rows.
   absl::StatusOr<int64_t> Launch(const std::vector<SequenceStep>& batch, GpuKvCache& cache);
   // The whole step for t rows whose inputs are already in the workspace: launches only, on stream_.
@@ -200,14 +225,24 @@ class GpuDeepseekV3Model {
   // y [m, n] = x [m, k] · W^T in the configured numerics (buffers sized Fp8PaddedRows(m) rows);
   // the GEMV for few rows of a narrow layer (options_.gemv_max_rows / gemv_max_cols), cuBLASLt
   // otherwise.
-  absl::Status Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y);
-  absl::Status Linear(const float* x, int64_t m, const GpuLinear& w, float* y);
+  // On `lane`; `quantised`: the lane's quantiser buffers already hold x (kFp8: the same input
+  // as the previous product on them, e.g. up_proj after gate_proj), so it is not quantised again.
+  absl::Status Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y, const Lane& lane,
+                      bool quantised = false);
+  absl::Status Linear(const float* x, int64_t m, const GpuLinear& w, float* y, const Lane& lane,
+                      bool quantised = false);
+  // Makes `to` wait for the work queued so far on `from` (nothing when they are one stream).
+  absl::Status Fork(const Lane& from, const Lane& to);
+  // A lane that runs on `stream`'s lane but reads the quantiser buffers of `inputs` (which hold
+  // the input already): for two products of one input on two lanes.
+  static Lane Borrow(const Lane& stream, const Lane& inputs);
   // logits [m, V] float32 = h [m, H] · lm_head^T
   absl::Status Logits(const __nv_bfloat16* h, int64_t m);
   absl::Status Logits(const float* h, int64_t m);
-  // x [m, H] float32 += mlp(h [m, H])
+  // ws_.d [m, H] = mlp(h [m, H]), on lane `a` (gate_proj and up_proj beside it on `b`); the
+  // caller adds it to the residual.
   template <typename T>
-  absl::Status RunMlp(const Mlp& w, const T* h, int64_t m, float* x);
+  absl::Status RunMlp(const Mlp& w, const T* h, int64_t m, const Lane& a, const Lane& b);
 
   ModelConfig config_;
   std::unique_ptr<cuda::GemmRunner> gemm_;
@@ -220,6 +255,12 @@ class GpuDeepseekV3Model {
   int64_t max_fp8_weight_ = 0;  // the largest FP8 linear's n * k (the kBf16 dequantisation scratch)
   GpuModelOptions options_;
   cudaStream_t stream_ = nullptr;
+  // The lanes (kMainLane is stream_ with gemm_); the extra streams, runners and fork events.
+  Lane lanes_[kLaneCount];
+  cudaStream_t side_streams_[kLaneCount - 1] = {};
+  std::unique_ptr<cuda::GemmRunner> side_gemms_[kLaneCount - 1];
+  std::vector<cudaEvent_t> events_;
+  size_t next_event_ = 0;
   // Workspace: every buffer a step needs, sized for options_.max_step_tokens. Activation buffers
   // hold T elements (float32 or bf16, by options_.activations).
   struct Workspace {
@@ -234,7 +275,8 @@ class GpuDeepseekV3Model {
     DeviceMemory router_logits, expert_ids, expert_w, offsets, perm_tokens, perm_w, slot, perm_ws;
     DeviceMemory xe, eg, eu, ey;          // routed experts, permuted rows
     DeviceMemory logits;                  // float32 [rows, V]
-    DeviceMemory quant_q, quant_scales;   // activation quantiser (kFp8)
+    DeviceMemory quant_q, quant_scales;   // activation quantiser (kFp8), main lane
+    DeviceMemory quant_q2, quant_scales2; // the same for kSideLane
     DeviceMemory moe_q, moe_qs;           // routed experts' quantised rows (kFp8)
     DeviceMemory w_scratch;               // dequantised weight (kBf16)
     DeviceMemory sampling, sampled;       // SamplingRow [rows], int32 [rows]
