@@ -301,8 +301,9 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
       chk(r1::cuda::QuantizeRowsFp8Group128(qp, stream));
     };
     auto project_q = [&](int tile_rows, const __nv_fp8_e4m3* wt, const float* sc, __nv_bfloat16* o, int64_t n,
-                         int64_t k) {
+                         int64_t k, bool mma_sync = false) {
       r1::cuda::GroupedFp8GemmParams gp;
+      gp.mma_sync = mma_sync;
       gp.x_q = xq, gp.x_scales = xqs, gp.x_stride = k, gp.x_scale_stride = k / 128;
       gp.offsets = off, gp.w = wt, gp.scales = sc, gp.y = o, gp.experts = E, gp.n = n, gp.k = k;
       gp.w_stride = k, gp.scale_stride = k / 128, gp.max_rows = entries, gp.tile_rows = tile_rows;
@@ -404,6 +405,12 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
       std::printf("     fp8xfp8: quantise %.1f us;", q_us);
       for (int tr : {16, 32, 64, 128}) {
         const double us = TimeUs([&] { project_q(tr, pr.w, pr.s, pr.o, pr.n, pr.k); }, 10);
+        std::printf(" %dx128 %.1f us (%.0f TF, %.0f GB/s)", tr, us, pflops / (us * 1e-6) / 1e12,
+                    pbytes / (us * 1e-6) / 1e9);
+      }
+      std::printf("\n     fp8xfp8 mma.sync:");
+      for (int tr : {16, 32, 64}) {
+        const double us = TimeUs([&] { project_q(tr, pr.w, pr.s, pr.o, pr.n, pr.k, true); }, 10);
         std::printf(" %dx128 %.1f us (%.0f TF, %.0f GB/s)", tr, us, pflops / (us * 1e-6) / 1e12,
                     pbytes / (us * 1e-6) / 1e9);
       }

@@ -32,13 +32,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/grouped_gemm_tiles.cuh"
 
 namespace r1::cuda {
 namespace {
 
+using grouped_gemm::FindTile;
+using grouped_gemm::kBN;
+using grouped_gemm::kMaxExperts;
+using grouped_gemm::MaxTiles;
+
 constexpr int kThreads = 128;
-constexpr int kBN = 128;  // output columns per tile: one block row of the weight scales
-constexpr int64_t kMaxExperts = 8192;  // the offsets scan is staged in the pipeline's shared memory
 
 // BM rows × kBN columns per block, BK of k per pipeline stage (64 or 128: half a scale block
 // or one).
@@ -112,40 +116,6 @@ __device__ __forceinline__ uint32_t Fp8x2ToBf16x2(uint32_t codes) {
   return *reinterpret_cast<const uint32_t*>(&b);
 }
 
-// Finds block's tile: the experts' tile counts ceil(rows_e / BM), scanned in order by warp 0
-// over the offsets staged in s_off. Sets s_tile = {expert, first row, end row} or {-1} (no tile).
-// Ends with a barrier, after which s_off's shared memory is free.
-template <int BM>
-__device__ __forceinline__ void FindTile(const GroupedFp8GemmParams& p, int tile, int* s_off,
-                                         int* s_tile) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  for (int i = tid; i <= p.experts; i += kThreads) s_off[i] = p.offsets[i];
-  if (tid == 0) s_tile[0] = -1;
-  __syncthreads();
-  if (warp == 0) {
-    int before = 0;  // tiles of the experts before this 32-expert group
-    for (int base = 0; base < p.experts; base += 32) {
-      const int e = base + lane;
-      const int rows = e < p.experts ? max(s_off[e + 1] - s_off[e], 0) : 0;
-      const int tiles = (rows + BM - 1) / BM;
-      int incl = tiles;
-#pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += v;
-      }
-      const int first = before + incl - tiles;
-      if (tile >= first && tile < first + tiles) {
-        const int r0 = s_off[e] + (tile - first) * BM;
-        s_tile[0] = e, s_tile[1] = r0, s_tile[2] = min(r0 + BM, s_off[e + 1]);
-      }
-      before += __shfl_sync(0xffffffffu, incl, 31);
-      if (before > tile) break;
-    }
-  }
-  __syncthreads();
-}
-
 template <int BM, int BK, bool kFp8>
 __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
     GroupedGemmKernel(GroupedFp8GemmParams p, int n_tiles) {
@@ -158,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
 
   // 1. Find the tile.
   int* s_off = reinterpret_cast<int*>(smem);
-  FindTile<BM>(p, tile, s_off, s_tile);
+  FindTile<BM, kThreads>(p, tile, s_off, s_tile);
   const int e = s_tile[0];
   if (e < 0) return;
   const int row0 = s_tile[1], rows = s_tile[2] - row0;
@@ -380,7 +350,9 @@ __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 4)
 // are shared: each A code pair feeds kNi MMAs, each B pair kMi. Measured on an H100 against the
 // bf16-activation kernel (bench_gpu --only moelayer --moe-tokens 4096, 128 rows per expert):
 // gate 2048x7168 5032 us at 64 rows vs 5355 us (its default 128x64), down 5058 vs 5563 us.
-// BM = 128 spills (255 registers); tile_rows 0 picks at most 64.
+// BM = 128 spills (255 registers); tile_rows 0 picks at most 64. Since then the FP8 × FP8 path
+// runs on wgmma (grouped_gemm_wgmma.cu) where its shapes allow; this kernel is the fallback (n not
+// a multiple of 8, y not 16-byte aligned) and GroupedFp8GemmParams::mma_sync's choice.
 template <int BM>
 struct QTile {
   static constexpr int kWarpCols = kBN / (kThreads / 32);
@@ -414,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 3)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tile = static_cast<int>(blockIdx.x / n_tiles),
             nt = static_cast<int>(blockIdx.x % n_tiles);
-  FindTile<BM>(p, tile, reinterpret_cast<int*>(smem), s_tile);
+  FindTile<BM, kThreads>(p, tile, reinterpret_cast<int*>(smem), s_tile);
   const int e = s_tile[0];
   if (e < 0) return;
   const int row0 = s_tile[1], rows = s_tile[2] - row0;
@@ -604,14 +576,12 @@ constexpr int kMaxDevices = 64, kKernels = 16;  // + 4 FP8 x FP8 kernels
 std::mutex g_smem_mu;
 bool g_smem_set[kMaxDevices][kKernels + 4] = {};
 
-// Launches `kernel` over the worst-case tile count for tiles of BM rows: Σ_e ceil(rows_e / BM)
-// <= floor(rows / BM) + (experts with a partial tile); surplus blocks find no tile and exit.
+// Launches `kernel` over the worst-case tile count for tiles of BM rows (MaxTiles).
 template <typename Kernel>
 absl::Status LaunchTiles(Kernel* kernel, int kernel_slot, int smem_bytes, int bm, const GroupedFp8GemmParams& p,
                          cudaStream_t stream) {
   const int64_t n_tiles = (p.n + kBN - 1) / kBN;
-  const int64_t max_tiles = p.max_rows / bm + std::min(p.experts, p.max_rows);
-  const int64_t blocks = max_tiles * n_tiles;
+  const int64_t blocks = MaxTiles(p, bm) * n_tiles;
   if (blocks > INT_MAX)
     return absl::InvalidArgumentError(absl::StrCat("grouped gemm: ", blocks, " blocks"));
   {
@@ -686,10 +656,15 @@ absl::Status GroupedFp8Gemm(const GroupedFp8GemmParams& p, cudaStream_t stream) 
       return absl::InvalidArgumentError(
           "grouped gemm: x_q and the weights must be 16-byte aligned, y 4-byte aligned");
     }
-    // At most 64 rows by default: 128 needs more registers than a thread has (spills).
+    if (p.max_rows == 0) return absl::OkStatus();
+    // The wgmma kernel (grouped_gemm_wgmma.cu) where it applies, at any tile height.
+    if (!p.mma_sync && grouped_gemm::WgmmaApplies(p)) {
+      const int wbm = p.tile_rows ? p.tile_rows : GroupedFp8GemmTileRows(p.max_rows, p.experts);
+      return grouped_gemm::LaunchWgmma(p, wbm, stream);
+    }
+    // mma.sync: at most 64 rows by default, 128 needs more registers than a thread has (spills).
     const int bm =
         p.tile_rows ? p.tile_rows : std::min(64, GroupedFp8GemmTileRows(p.max_rows, p.experts));
-    if (p.max_rows == 0) return absl::OkStatus();
     switch (bm) {
       case 16: return LaunchQ<16>(p, stream);
       case 32: return LaunchQ<32>(p, stream);

@@ -44,12 +44,18 @@ struct GroupedFp8GemmParams {
   int tile_rows = 0;
   // k per pipeline stage: 64 or 128; 0 picks from the tile rows.
   int tile_k = 0;
+  // FP8 × FP8: run the mma.sync kernel even where the wgmma one applies (comparisons, and the
+  // fallback's tests).
+  bool mma_sync = false;
 };
 
 // Requirements (InvalidArgument otherwise, so that a caller can fall back to the GEMV): k a
 // multiple of 8, n even, w_stride a multiple of 16 (FP8) or 8 (bf16), x and the weights 16-byte
 // aligned, y 4-byte aligned, experts <= 8192. With x_q: FP8 weights, k and x_stride multiples of
 // 16, x_q 16-byte aligned, x_scale_stride >= ceil(k/128); tile_k is not used (always 128).
+// x_q must hold max_rows rows (the wgmma kernel copies whole tiles of rows, up to max_rows; the
+// rows past offsets[experts] are read but never change y). Where n is a multiple of 8 and y is
+// 16-byte aligned the product runs on wgmma (FP8 tensor-core rate), else on mma.sync.
 absl::Status GroupedFp8Gemm(const GroupedFp8GemmParams& p, cudaStream_t stream);
 
 // Quantises bf16 rows [rows, k] (row stride k) for the FP8 × FP8 path, per row in 1×128 groups:

@@ -5,7 +5,9 @@
 // every tile height, block scales of 0, and unquantised bf16 expert weights. The output buffer is
 // poisoned with NaN first, including rows past the last expert's, which must stay untouched.
 // The FP8 × FP8 path (x_q) is checked the same way against the product of the quantised rows
-// (QuantizeRowsFp8Group128's codes and scales, which are checked against x first).
+// (QuantizeRowsFp8Group128's codes and scales, which are checked against x first), each tile on
+// the wgmma kernel where the shape allows it and on the mma.sync kernel (mma_sync), R1's expert
+// shapes included, with x_q rows past the last expert's holding NaN codes.
 #include "kernels/cuda/grouped_gemm.h"
 
 #include <cuda_runtime.h>
@@ -14,6 +16,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -177,7 +180,9 @@ void RunFp8Case(const GemmCase& c, const std::vector<int>& tile_rows, uint64_t s
   DeviceBuffer<int32_t> doff(offsets);
   DeviceBuffer<uint8_t> dw8(w8);
   DeviceBuffer<float> ds(scales);
-  const int64_t qrows = std::max<int64_t>(rows, 1);
+  // x_q holds max_rows rows (the wgmma kernel reads whole tiles up to max_rows): the ones past the
+  // last expert's keep NaN codes and scales, which must not reach y.
+  const int64_t qrows = std::max<int64_t>(rows + c.extra_max_rows, 1);
   DeviceBuffer<uint8_t> dq(qrows * xstride);
   DeviceBuffer<float> dxs(qrows * xsstride);
   ASSERT_EQ(cudaMemset(dq.ptr, 0x7f, qrows * xstride), cudaSuccess);  // NaN codes
@@ -218,25 +223,43 @@ void RunFp8Case(const GemmCase& c, const std::vector<int>& tile_rows, uint64_t s
     EXPECT_EQ(bad, 0) << c.name << ": bad scales or padding codes";
     EXPECT_LE(rel, 1.0 / 16) << c.name;
   }
+  // The reference, over the experts' rows split among the host's threads (the R1 shapes are
+  // billions of products); the codes decoded through a table.
   std::vector<double> want(rows * n, 0.0);
-  for (int64_t e = 0; e < experts; ++e)
-    for (int32_t r = offsets[e]; r < offsets[e + 1]; ++r)
+  double code_value[256];
+  for (int v = 0; v < 256; ++v) code_value[v] = Fp8E4M3ToFloat(static_cast<uint8_t>(v));
+  auto reference_rows = [&](int64_t expert, int32_t r_begin, int32_t r_end) {
+    for (int32_t r = r_begin; r < r_end; ++r)
       for (int64_t j = 0; j < n; ++j) {
         double acc = 0;
         for (int64_t b = 0; b < kb; ++b) {
           double part = 0;
+          const uint8_t* qr = &q[r * xstride];
+          const uint8_t* wr = &w8[(expert * n + j) * ws];
           for (int64_t col = b * 128; col < std::min(k, b * 128 + 128); ++col)
-            part += static_cast<double>(Fp8E4M3ToFloat(q[r * xstride + col])) *
-                    Fp8E4M3ToFloat(w8[(e * n + j) * ws + col]);
-          acc += part * xs[r * xsstride + b] * scales[(e * nb + j / 128) * sstride + b];
+            part += code_value[qr[col]] * code_value[wr[col]];
+          acc += part * xs[r * xsstride + b] * scales[(expert * nb + j / 128) * sstride + b];
         }
         want[r * n + j] = acc;
       }
+  };
+  {
+    std::vector<std::thread> pool;
+    const int32_t chunk = 8;
+    for (int64_t e = 0; e < experts; ++e)
+      for (int32_t r = offsets[e]; r < offsets[e + 1]; r += chunk)
+        pool.emplace_back(reference_rows, e, r, std::min(r + chunk, offsets[e + 1]));
+    for (std::thread& t : pool) t.join();
+  }
 
   DeviceBuffer<uint16_t> dy((rows + slack) * n);
-  for (int tr : tile_rows) {
+  // Each tile on the wgmma kernel (where the shape allows it) and on the mma.sync one.
+  for (int run = 0; run < 2 * static_cast<int>(tile_rows.size()); ++run) {
+    const int tr = tile_rows[run / 2];
+    const bool mma_sync = run % 2 == 1;
     ASSERT_EQ(cudaMemset(dy.ptr, 0xff, (rows + slack) * n * 2), cudaSuccess);
     cuda::GroupedFp8GemmParams p;
+    p.mma_sync = mma_sync;
     p.x_q = reinterpret_cast<const __nv_fp8_e4m3*>(dq.ptr);
     p.x_scales = dxs.ptr;
     p.x_stride = xstride, p.x_scale_stride = xsstride;
@@ -262,13 +285,14 @@ void RunFp8Case(const GemmCase& c, const std::vector<int>& tile_rows, uint64_t s
     for (int64_t i = rows * n; i < (rows + slack) * n; ++i) touched += got[i] != 0xffff;
     const double rel = rows > 0 ? std::sqrt(num / den) : 0.0;
     std::printf(
-        "[ cuda ] grouped gemm %-14s fp8xfp8 n=%ld k=%ld w_stride=%ld rows=%ld tile %d: rel L2 "
-        "%.3g\n",
-        c.name.c_str(), static_cast<long>(n), static_cast<long>(k), static_cast<long>(ws),
-                static_cast<long>(rows), tr, rel);
-    EXPECT_EQ(bad, 0) << c.name << " tile " << tr << ": non-finite outputs";
-    EXPECT_EQ(touched, 0) << c.name << " tile " << tr << ": wrote past the last row";
-    EXPECT_LE(rel, kBound) << c.name << " tile " << tr;
+        "[ cuda ] grouped gemm %-14s fp8xfp8 %s n=%ld k=%ld w_stride=%ld rows=%ld tile %d: rel "
+        "L2 %.3g\n",
+        c.name.c_str(), mma_sync ? "mma.sync" : "default ", static_cast<long>(n),
+        static_cast<long>(k), static_cast<long>(ws), static_cast<long>(rows), tr, rel);
+    const std::string what = c.name + " tile " + std::to_string(tr) + (mma_sync ? " mma.sync" : "");
+    EXPECT_EQ(bad, 0) << what << ": non-finite outputs";
+    EXPECT_EQ(touched, 0) << what << ": wrote past the last row";
+    EXPECT_LE(rel, kBound) << what;
   }
 }
 
@@ -361,6 +385,18 @@ TEST(GroupedGemm, Fp8xFp8MatchesCpu) {
   RunFp8Case({"golden-a down", 192, 48, 128, {7, 0, 33, 80, 1}, true, 100}, {0, 16, 64}, 24);
   RunFp8Case({"golden-b down", 160, 64, 128, {3, 160, 0, 41}}, {0, 32, 128}, 25);
   RunFp8Case({"empty", 256, 256, 256, {0, 0, 0}, true, 64}, {0, 128}, 26);
+  // 0, 1, 17, 130, 300 rows (several tiles of every height); max_rows past the rows.
+  RunFp8Case({"counts", 256, 384, 384, {0, 1, 17, 130, 300}, true, 40}, kAllTiles, 27);
+  // n not a multiple of 8: the mma.sync kernel in both runs.
+  RunFp8Case({"odd n", 130, 256, 272, {5, 17, 0, 40}}, {0, 16}, 28);
+}
+
+TEST(GroupedGemm, Fp8xFp8R1ShapesMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  // R1's expert projections: gate/up 4096 x 7168 (both halves of the 2 x 2048 product) and
+  // down 7168 x 2048, a few experts.
+  RunFp8Case({"r1 gate-up", 4096, 7168, 7168, {1, 130, 0, 17}}, {0, 16, 128}, 31);
+  RunFp8Case({"r1 down", 7168, 2048, 2048, {300, 0, 1, 17}, true, 9}, {0, 32, 64}, 32);
 }
 
 TEST(GroupedGemm, Fp8xFp8RejectsUnsupportedShapes) {
