@@ -141,6 +141,9 @@ __global__ void AbsorbQueryKernel(AbsorbQueryParamsT<T> p) {
   for (int64_t d = threadIdx.x; d < p.rope; d += blockDim.x) {
     p.q_pe[(t * p.heads + h) * p.rope + d] = ToFloat(q[p.nope + d]);
   }
+  for (int64_t d = threadIdx.x; p.q_f32 != nullptr && d < qk; d += blockDim.x) {
+    p.q_f32[(t * p.heads + h) * qk + d] = ToFloat(q[d]);
+  }
 }
 
 // One warp per output value: a dot product of kvr values.

@@ -45,7 +45,8 @@ absl::Status ScatterLatent(const ScatterLatentParamsT<float>& p, cudaStream_t st
 
 // q_lat[t, h, c] = sum_d q[t, h, d] * w_uk[h, d, c] for d < nope, and q_pe[t, h, :] = q[t, h, nope:]
 // (q rows of qk_dim = nope + rope per head, bf16 or float32; w_uk float32 [heads, nope, kvr]).
-// With w_uk null only q_pe is written (q_lat then comes from a tensor-core product).
+// With w_uk null only q_pe is written (q_lat then comes from a tensor-core product, which reads
+// q_f32: the kernel writes that copy too when given, saving a cast launch).
 template <typename T>
 struct AbsorbQueryParamsT {
   const T* q = nullptr;              // [rows, heads, nope + rope]
@@ -53,6 +54,7 @@ struct AbsorbQueryParamsT {
   float* q_lat = nullptr;            // [rows, heads, kvr]
   float* q_pe = nullptr;             // [rows, heads, rope]
   int64_t rows = 0, heads = 0, nope = 0, rope = 0, kvr = 0;
+  float* q_f32 = nullptr;            // optional [rows, heads, nope + rope]: q widened to float32
 };
 using AbsorbQueryParams = AbsorbQueryParamsT<__nv_bfloat16>;
 absl::Status AbsorbQuery(const AbsorbQueryParamsT<__nv_bfloat16>& p, cudaStream_t stream);

@@ -183,8 +183,7 @@ TEST(CudaKernels3, BatchedPerHeadGemmMatchesCpu) {
                        Case{5, 4, 48, 32, 64, true, Type::kTf32, true}, Case{7, 3, 24, 16, 40, false, Type::kTf32, true},
                        Case{33, 128, 192, 128, 512, true, Type::kTf32, true},
                        Case{3, 128, 512, 512, 128, false, Type::kTf32, true},
-                       Case{1, 128, 192, 128, 512, true, Type::kBf16, true},
-                       Case{3, 128, 512, 512, 128, false, Type::kBf16, false}}) {
+                       Case{1, 128, 192, 128, 512, true, Type::kBf16, true}}) {
     const bool tf32 = c.type == Type::kTf32;
     // x_h = columns [0, k) of head h's xdim-wide slice; w_h [n, k] (w_kn false) or [k, n]. Values
     // are bf16-representable so that the bf16 cases compute exactly the reference's inputs.

@@ -13,7 +13,6 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
-#include "common/dtype.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "kernels/cuda/dequant_gemm.h"
@@ -493,18 +492,8 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
         std::memcpy(uk.data() + hh * nope * kvr, kvb.row(hh * (nope + vd)), nope * kvr * sizeof(float));
         std::memcpy(uv.data() + hh * vd * kvr, kvb.row(hh * (nope + vd) + nope), vd * kvr * sizeof(float));
       }
-      if (options_.activations == GpuActivations::kFloat32) {
-        R1_RETURN_IF_ERROR(upload(std::move(uk), &L.w_uk));
-        R1_RETURN_IF_ERROR(upload(std::move(uv), &L.w_uv));
-      } else {
-        auto to_bf16 = [](const std::vector<float>& v) {
-          std::vector<uint16_t> out(v.size());
-          for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
-          return out;
-        };
-        R1_RETURN_IF_ERROR(upload(to_bf16(uk), &L.w_uk));
-        R1_RETURN_IF_ERROR(upload(to_bf16(uv), &L.w_uv));
-      }
+      R1_RETURN_IF_ERROR(upload(std::move(uk), &L.w_uk));
+      R1_RETURN_IF_ERROR(upload(std::move(uv), &L.w_uv));
       L.is_moe = c.is_moe_layer(i);
       if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, &L.mlp, false);
       R1_ASSIGN_OR_RETURN(Matrix router, LoadMatrix(ckpt, c, p + "mlp.gate.weight", c.n_routed_experts, h));
@@ -569,7 +558,8 @@ absl::Status GpuDeepseekV3Model::AllocateWorkspace() {
   R1_RETURN_IF_ERROR(a(&ws_.o_lat, t * nh * kvr * 4));
   if (options_.activations != GpuActivations::kFloat32) {
     R1_RETURN_IF_ERROR(a(&ws_.mla, static_cast<int64_t>(cuda::MlaDecodeWorkspaceBytes(nh, kvr))));
-    R1_RETURN_IF_ERROR(a(&ws_.o_lat_bf16, t * nh * kvr * 2));
+    R1_RETURN_IF_ERROR(a(&ws_.q_f32, t * nh * qk * 4));
+    R1_RETURN_IF_ERROR(a(&ws_.attn_f32, t * nh * vd * 4));
   }
   R1_RETURN_IF_ERROR(a(&ws_.attn, tp * nh * vd * e));
   R1_RETURN_IF_ERROR(a(&ws_.o, tp * hd * e));
@@ -792,20 +782,23 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     }
     R1_RETURN_IF_ERROR(cuda::Rope(cuda::RopeParamsT<T>{qb + nope, t * nh, nh, rope, qk, pos, inv_freq_.as<float>(),
                                                        factor, c.rope_interleave}, stream_));
-    // q_lat = q_nope · w_uk per head: in the bf16/fp8 modes one batched bf16 tensor-core product
-    // over the heads with float32 sums (the per-row kernel re-reads w_uk for every row), q_pe
-    // copied out by AbsorbQuery; the float32 mode computes both in that kernel.
+    // q_lat = q_nope · w_uk per head: in the bf16/fp8 modes one batched TF32 tensor-core product
+    // over the heads (the per-row kernel re-reads w_uk, 33.5 MB at R1's size, for every row); the
+    // float32 weights as loaded, q widened to float32. q_pe is copied out by the kernel either way.
+    bool absorbed = false;
     if constexpr (!kF32) {
       R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, nullptr, nullptr, ws_.q_pe.as<float>(), t,
-                                                                       nh, nope, rope, kvr}, stream_));
+                                                                       nh, nope, rope, kvr, ws_.q_f32.as<float>()},
+                                           stream_));
       cuda::BatchedGemmParams bp;
-      bp.type = cuda::BatchedGemmParams::Type::kBf16;
-      bp.x = qb, bp.ldx = nh * qk, bp.stride_x = qk;
+      bp.type = cuda::BatchedGemmParams::Type::kTf32;
+      bp.x = ws_.q_f32.ptr, bp.ldx = nh * qk, bp.stride_x = qk;
       bp.w = L.w_uk.ptr, bp.ldw = kvr, bp.stride_w = nope * kvr, bp.w_kn = true;
-      bp.y = ws_.q_lat.ptr, bp.y_f32 = true, bp.ldy = nh * kvr, bp.stride_y = kvr;
+      bp.y = ws_.q_lat.ptr, bp.ldy = nh * kvr, bp.stride_y = kvr;
       bp.m = t, bp.n = kvr, bp.k = nope, bp.batch = nh;
-      R1_RETURN_IF_ERROR(gemm_->Batched(bp, stream_));
-    } else {
+      absorbed = gemm_->Batched(bp, stream_).ok();
+    }
+    if (!absorbed) {
       R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, L.w_uk.as<float>(), ws_.q_lat.as<float>(),
                                                                        ws_.q_pe.as<float>(), t, nh, nope, rope, kvr},
                                            stream_));
@@ -835,19 +828,22 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     }
     R1_RETURN_IF_ERROR(cuda::MlaDecode(mp, stream_));
     auto* attn = ws_.attn.as<T>();
+    bool applied = false;
     if constexpr (!kF32) {
-      // attn[t, h, :] = o_lat[t, h, :] · w_uv[h]^T, batched over the heads: o_lat to bf16, then a
-      // bf16 tensor-core product with float32 sums written as bf16.
-      R1_RETURN_IF_ERROR(cuda::CastToBf16(ws_.o_lat.as<float>(), ws_.o_lat_bf16.as<__nv_bfloat16>(), t * nh * kvr,
-                                          stream_));
+      // attn[t, h, :] = o_lat[t, h, :] · w_uv[h]^T, batched over the heads (TF32), then to bf16.
       cuda::BatchedGemmParams bp;
-      bp.type = cuda::BatchedGemmParams::Type::kBf16;
-      bp.x = ws_.o_lat_bf16.ptr, bp.ldx = nh * kvr, bp.stride_x = kvr;
+      bp.type = cuda::BatchedGemmParams::Type::kTf32;
+      bp.x = ws_.o_lat.ptr, bp.ldx = nh * kvr, bp.stride_x = kvr;
       bp.w = L.w_uv.ptr, bp.ldw = kvr, bp.stride_w = vd * kvr, bp.w_kn = false;
-      bp.y = attn, bp.ldy = nh * vd, bp.stride_y = vd;
+      bp.y = ws_.attn_f32.ptr, bp.ldy = nh * vd, bp.stride_y = vd;
       bp.m = t, bp.n = vd, bp.k = kvr, bp.batch = nh;
-      R1_RETURN_IF_ERROR(gemm_->Batched(bp, stream_));
-    } else {
+      applied = gemm_->Batched(bp, stream_).ok();
+      if (applied) {
+        R1_RETURN_IF_ERROR(cuda::CastToBf16(ws_.attn_f32.as<float>(), reinterpret_cast<__nv_bfloat16*>(attn),
+                                            t * nh * vd, stream_));
+      }
+    }
+    if (!applied) {
       R1_RETURN_IF_ERROR(cuda::ApplyValue(cuda::ApplyValueParamsT<T>{ws_.o_lat.as<float>(), L.w_uv.as<float>(), attn,
                                                                      t, nh, vd, kvr}, stream_));
     }

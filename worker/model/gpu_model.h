@@ -182,10 +182,7 @@ class GpuDeepseekV3Model {
     DeviceMemory input_norm, post_norm;  // float32 [H]
     GpuLinear q_a, q_b, q, kv_a, o;
     DeviceMemory q_a_norm, kv_a_norm;    // float32
-    // kv_b_proj's halves [NH, nope, kvr], [NH, v, kvr]: float32 in the float32 mode, bf16 in the
-    // bf16 / fp8 modes (the batched per-head tensor-core products read them every step: bf16
-    // halves those bytes, 67 -> 34 MB a layer at R1's size).
-    DeviceMemory w_uk, w_uv;
+    DeviceMemory w_uk, w_uv;             // float32 [NH, nope, kvr], [NH, v, kvr] (kv_b_proj halves)
     bool is_moe = false;
     Mlp mlp;
     DeviceMemory router;                 // float32 [E, H]
@@ -270,9 +267,9 @@ class GpuDeepseekV3Model {
     DeviceMemory ids, pos, ctx, tables;   // step inputs
     int64_t table_capacity = 0;           // int32 entries in `tables`
     DeviceMemory x, hf, hb, emb, qa, q, kv, q_lat, q_pe, o_lat, attn, o;
-    // bf16/fp8 modes: the attention's latent output in bf16, the input of the per-head value
-    // product (attn = o_lat · w_uv^T, batched over the heads).
-    DeviceMemory o_lat_bf16;
+    // bf16/fp8 modes: q in float32 and the value product's float32 output, for the per-head TF32
+    // products (q_lat = q_nope · w_uk, attn = o_lat · w_uv^T) batched over the heads.
+    DeviceMemory q_f32, attn_f32;
     DeviceMemory mla;                     // MLA decode split-context partials (bf16 / fp8 modes)
     DeviceMemory g, u, d;                 // dense / shared MLP
     DeviceMemory router_logits, expert_ids, expert_w, offsets, perm_tokens, perm_w, slot, perm_ws;
