@@ -18,6 +18,7 @@
 #include "common/dtype.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/dense_gemv.h"
 #include "kernels/cuda/grouped_gemv.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/mla_decode.h"
@@ -134,13 +135,14 @@ void Line(const char* what, double us, double flops, double bytes, double hbm, d
 
 // See main's section 1b.
 void FewRowsBench(double hbm, bool quick) {
-  std::printf("\nFew rows (decode): DenseGemv against cuBLASLt, each launch on another copy of the weight (>= 512 MB "
-              "in turn: L2 cold), 20 launches per CUDA graph\n");
+  std::printf("\nFew rows (decode): RowGemvFp8 (M <= 4) and DenseGemv against cuBLASLt, each launch on another copy "
+              "of the weight (>= 512 MB in turn: L2 cold), 20 launches per CUDA graph\n");
   auto runner = r1::cuda::GemmRunner::Create();
   if (!runner.ok()) return;
   struct Shape { const char* name; int64_t n, k; };
   const Shape shapes[] = {{"q_a_proj", 1536, 7168},       {"q_b_proj", 24576, 1536},   {"kv_a_proj", 576, 7168},
-                          {"o_proj", 7168, 16384},         {"shared gate/up", 2048, 7168}, {"shared down", 7168, 2048}};
+                          {"o_proj", 7168, 16384},         {"shared gate/up", 2048, 7168}, {"shared down", 7168, 2048},
+                          {"mlp gate/up", 18432, 7168},    {"mlp down", 7168, 18432}};
   std::mt19937 rng(5);
   std::vector<uint8_t> pat(size_t{16} << 20);
   for (auto& b : pat) b = static_cast<uint8_t>(rng()) & 0xbf;  // finite e4m3 codes, |w| < 2
@@ -149,6 +151,8 @@ void FewRowsBench(double hbm, bool quick) {
       CHECK_CUDA(cudaMemcpy(static_cast<char*>(dst) + off, pat.data(), std::min(bytes - off, pat.size()),
                             cudaMemcpyHostToDevice));
   };
+  struct Row { const char* name; int64_t m; double cublas, gemv, row, floor, pct; };
+  std::vector<Row> rows;
   for (const Shape& sh : shapes) {
     const int64_t wbytes = sh.n * sh.k, kb = (sh.k + 127) / 128, stride = r1::cuda::Fp8ScaleStride(sh.k);
     const int copies = static_cast<int>(std::min<int64_t>(64, ((int64_t{512} << 20) + wbytes - 1) / wbytes));
@@ -190,6 +194,14 @@ void FewRowsBench(double hbm, bool quick) {
                             static_cast<const float*>(ws[i % copies]), y, m, sh.n, sh.k}, s));
       });
       const double us_fp8 = TimeGraphUs([&](int i, cudaStream_t s) { gemv(i, s, true); });
+      const bool row_gemv = m <= r1::cuda::kRowGemvMaxRows;
+      const double us_row = !row_gemv ? 0.0 : TimeGraphUs([&](int i, cudaStream_t s) {
+        r1::cuda::DenseGemvParams p;
+        p.x_q = xq, p.x_scales = xs, p.x_scale_rows = mp;
+        p.w = static_cast<const __nv_fp8_e4m3*>(w[i % copies]), p.scales = static_cast<const float*>(ws[i % copies]);
+        p.y = y, p.m = m, p.n = sh.n, p.k = sh.k, p.w_stride = sh.k, p.scale_stride = stride;
+        chk(r1::cuda::RowGemvFp8(p, s));
+      });
       const double us_bf16 = TimeGraphUs([&](int i, cudaStream_t s) { gemv(i, s, false); });
       char name[96];
       std::snprintf(name, sizeof name, "cublasLt fp8 %-14s M=%-2ld N=%-5ld K=%ld", sh.name, static_cast<long>(m),
@@ -201,10 +213,23 @@ void FewRowsBench(double hbm, bool quick) {
       Line(name, us_bf16, flops, bytes + m * sh.k, hbm, kFp8Tflops);
       std::printf("    -> gemv fp8 x: %.0f%% of the copy rate, %.2fx faster than cuBLASLt\n",
                   100.0 * bytes / (us_fp8 * 1e-6) / 1e9 / hbm, us_cublas / us_fp8);
+      if (row_gemv) {
+        std::snprintf(name, sizeof name, "row gemv fp8 %-14s M=%-2ld%s", sh.name, static_cast<long>(m), ok ? "" : " FAILED");
+        Line(name, us_row, flops, bytes, hbm, kFp8Tflops);
+        std::printf("    -> row gemv fp8: %.0f%% of the copy rate, %.2fx faster than cuBLASLt, %.2fx than DenseGemv\n",
+                    100.0 * bytes / (us_row * 1e-6) / 1e9 / hbm, us_cublas / us_row, us_fp8 / us_row);
+        rows.push_back({sh.name, m, us_cublas, us_fp8, us_row, bytes / (hbm * 1e9) * 1e6,
+                        100.0 * bytes / (us_row * 1e-6) / 1e9 / hbm});
+      }
       cudaFree(xq), cudaFree(xs), cudaFree(xb), cudaFree(y);
     }
     for (int i = 0; i < copies; ++i) cudaFree(w[i]), cudaFree(ws[i]);
   }
+  std::printf("\nSummary (us; FP8 activations; floor = weight + x + y bytes at the copy rate):\n"
+              "%-16s %2s %8s %9s %9s %9s %7s\n", "shape", "M", "floor", "cuBLASLt", "DenseGemv", "RowGemv", "%copy");
+  for (const Row& r : rows)
+    std::printf("%-16s %2ld %8.1f %9.1f %9.1f %9.1f %6.0f%%\n", r.name, static_cast<long>(r.m), r.floor, r.cublas,
+                r.gemv, r.row, r.pct);
 }
 
 // See main's section 4.

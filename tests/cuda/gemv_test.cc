@@ -1,7 +1,8 @@
 // The GEMV kernels (kernels/cuda/grouped_gemv.h) against a double-precision CPU reference:
 // GroupedFp8Gemv (bf16 and float32 activations, FP8 and bf16 weights) over experts with 0, 1 and
-// many rows, and DenseGemv (bf16 activations, or FP8 codes with per-token scales from the
-// quantiser, also against cuBLASLt's FP8 GEMM on the same codes). Awkward sizes: k not a multiple
+// many rows, DenseGemv (bf16 activations, or FP8 codes with per-token scales from the
+// quantiser, also against cuBLASLt's FP8 GEMM on the same codes) and RowGemvFp8 (1-4 rows of FP8
+// codes, also against cuBLASLt). Awkward sizes: k not a multiple
 // of 128 with padded rows whose padding holds NaN codes, odd n, rows that take several passes,
 // unaligned rows; outputs are poisoned with NaN before every launch. Bounds: rel L2 within the
 // output type's epsilon (bf16: 2^-8; float32 outputs: 1e-5).
@@ -16,6 +17,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/dense_gemv.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemv.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -439,6 +441,188 @@ TEST(Gemv, DenseRowIndependentOfBatch) {
     for (int64_t j = 0; j < n; ++j)
       ASSERT_EQ(one[j], all[r * n + j]) << "row " << r << " column " << j;
   }
+}
+
+// RowGemvFp8 (kernels/cuda/dense_gemv.h): 1-4 rows of quantised activations against the double
+// reference on exactly those codes and scales, and against cuBLASLt's FP8 GEMM. The padding
+// columns of both the weight rows and the activation rows hold NaN codes (the kernel must not
+// read past k into them), k not a multiple of 128 or 16, n not a multiple of 16 or 128, tiles
+// split over clusters of blocks (few columns) with warps left without work (n = 40).
+TEST(Gemv, RowFp8MatchesCpuAndCublas) {
+  SKIP_WITHOUT_GPU();
+  auto runner = cuda::GemmRunner::Create();
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  std::mt19937_64 rng(37);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const DenseCase cases[] = {{1, 576, 7168, 0},  {2, 1536, 7168, 0}, {4, 576, 7168, 0},
+                             {1, 7168, 2048, 0}, {3, 300, 5000, 0},  {4, 77, 333, 0},
+                             {1, 16, 100, 0},    {2, 24, 1536, 0},   {3, 1000, 16384, 0},
+                             {4, 129, 136, 0},   {1, 40, 7168, 0},   {2, 100, 1000, 0}};
+  for (const DenseCase& c : cases) {
+    const int64_t kp = cuda::Fp8PaddedK(c.k), sstride = cuda::Fp8ScaleStride(c.k),
+                  mp = cuda::Fp8PaddedRows(c.m);
+    const int64_t kb = (c.k + 127) / 128;
+    const Weights w = MakeWeights(1, c.n, c.k, kp, sstride, true, rng);  // NaN padding codes
+    std::vector<uint8_t> zero_padded = w.codes;
+    for (int64_t r = 0; r < c.n; ++r)
+      for (int64_t i = c.k; i < kp; ++i) zero_padded[r * kp + i] = 0;
+    std::vector<uint16_t> xb(c.m * c.k);
+    for (auto& v : xb) v = FloatToBf16(nd(rng) * 3.0f);
+    DeviceBuffer<uint16_t> dx(xb), y(mp * c.n), y_ref(mp * c.n);
+    DeviceBuffer<uint8_t> dq(mp * kp), dw_nan(w.codes), dw_zero(zero_padded);
+    DeviceBuffer<float> dxs(kb * mp), dsc(w.scales);
+    ASSERT_TRUE(cuda::QuantizeFp8PerToken128(
+                    {reinterpret_cast<const __nv_bfloat16*>(dx.ptr),
+                     reinterpret_cast<__nv_fp8_e4m3*>(dq.ptr), dxs.ptr, c.m, c.k, kp},
+                    nullptr)
+                    .ok());
+    const std::vector<uint8_t> q = dq.Download(mp * kp);
+    const std::vector<float> xs = dxs.Download(kb * mp);
+    std::vector<uint8_t> q_nan = q;
+    for (int64_t r = 0; r < mp; ++r)
+      for (int64_t i = c.k; i < kp; ++i) q_nan[r * kp + i] = kFp8Nan;
+    DeviceBuffer<uint8_t> dq_nan(q_nan);
+    std::vector<double> want(c.m * c.n);
+    for (int64_t r = 0; r < c.m; ++r)
+      for (int64_t j = 0; j < c.n; ++j) {
+        double acc = 0;
+        for (int64_t i = 0; i < c.k; ++i)
+          acc += static_cast<double>(Fp8E4M3ToFloat(q[r * kp + i]) * xs[(i / 128) * mp + r]) *
+                 w.deq[j * c.k + i];
+        want[r * c.n + j] = acc;
+      }
+    Poison(y, mp * c.n);
+    cuda::DenseGemvParams p;
+    p.x_q = reinterpret_cast<const __nv_fp8_e4m3*>(dq_nan.ptr);
+    p.x_scales = dxs.ptr;
+    p.x_stride = kp;
+    p.x_scale_rows = mp;
+    p.w = reinterpret_cast<const __nv_fp8_e4m3*>(dw_nan.ptr);
+    p.scales = dsc.ptr;
+    p.scale_stride = sstride;
+    p.y = reinterpret_cast<__nv_bfloat16*>(y.ptr);
+    p.m = c.m;
+    p.n = c.n;
+    p.k = c.k;
+    p.w_stride = kp;
+    ASSERT_TRUE(cuda::RowGemvFp8Supports(p));
+    const absl::Status st = cuda::RowGemvFp8(p, nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> got = DownloadBf16(y, mp * c.n);
+    const double err = RelL2(got, want);
+    EXPECT_LE(err, kBf16Eps) << "m=" << c.m << " n=" << c.n << " k=" << c.k;
+    for (int64_t i = c.m * c.n; i < mp * c.n; ++i)
+      ASSERT_TRUE(std::isnan(got[i])) << "row past m written at " << i;
+    double vs_cublas = -1;
+    if (c.n % 8 == 0 && c.k % 16 == 0) {
+      ASSERT_TRUE((*runner)
+                      ->Fp8({reinterpret_cast<const __nv_fp8_e4m3*>(dq.ptr), dxs.ptr,
+                             reinterpret_cast<const __nv_fp8_e4m3*>(dw_zero.ptr), dsc.ptr,
+                             reinterpret_cast<__nv_bfloat16*>(y_ref.ptr), c.m, c.n, kp},
+                            nullptr)
+                      .ok());
+      const std::vector<float> ref = DownloadBf16(y_ref, c.m * c.n);
+      std::vector<double> refd(ref.begin(), ref.end());
+      vs_cublas = RelL2(std::vector<float>(got.begin(), got.begin() + c.m * c.n), refd);
+      EXPECT_LE(vs_cublas, kBf16Eps)
+          << "against cuBLASLt: m=" << c.m << " n=" << c.n << " k=" << c.k;
+    }
+    std::printf("[ gemv ] row fp8: m=%ld n=%ld k=%ld: rel L2 %.3g, against cuBLASLt %.3g\n",
+                static_cast<long>(c.m), static_cast<long>(c.n), static_cast<long>(c.k), err,
+                vs_cublas);
+  }
+}
+
+// RowGemvFp8: a row's result is the same bits at m = 4 and alone.
+TEST(Gemv, RowFp8IndependentOfBatch) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(38);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t m = 4, n = 300, k = 5000, kp = cuda::Fp8PaddedK(k),
+                sstride = cuda::Fp8ScaleStride(k), mp = cuda::Fp8PaddedRows(m),
+                kb = (k + 127) / 128;
+  const Weights w = MakeWeights(1, n, k, kp, sstride, true, rng);
+  std::vector<uint16_t> xb(m * k);
+  for (auto& v : xb) v = FloatToBf16(nd(rng));
+  DeviceBuffer<uint16_t> dx(xb), y(mp * n);
+  DeviceBuffer<uint8_t> dq(mp * kp), dwc(w.codes);
+  DeviceBuffer<float> dxs(kb * mp), dsc(w.scales);
+  ASSERT_TRUE(
+      cuda::QuantizeFp8PerToken128({reinterpret_cast<const __nv_bfloat16*>(dx.ptr),
+                                    reinterpret_cast<__nv_fp8_e4m3*>(dq.ptr), dxs.ptr, m, k, kp},
+                                   nullptr)
+          .ok());
+  const std::vector<uint8_t> q = dq.Download(mp * kp);
+  const std::vector<float> xs = dxs.Download(kb * mp);
+  cuda::DenseGemvParams p;
+  p.x_q = reinterpret_cast<const __nv_fp8_e4m3*>(dq.ptr);
+  p.x_scales = dxs.ptr;
+  p.x_stride = kp;
+  p.x_scale_rows = mp;
+  p.w = reinterpret_cast<const __nv_fp8_e4m3*>(dwc.ptr);
+  p.scales = dsc.ptr;
+  p.scale_stride = sstride;
+  p.y = reinterpret_cast<__nv_bfloat16*>(y.ptr);
+  p.m = m, p.n = n, p.k = k, p.w_stride = kp;
+  ASSERT_TRUE(cuda::RowGemvFp8(p, nullptr).ok());
+  const std::vector<uint16_t> all = y.Download(m * n);
+  for (int64_t r = 0; r < m; ++r) {
+    // Row r alone: its codes in row 0 and its scales in a one-row grid of Fp8PaddedRows(1) rows.
+    std::vector<uint8_t> q1(q.begin() + r * kp, q.begin() + (r + 1) * kp);
+    std::vector<float> xs1(kb * cuda::Fp8PaddedRows(1), 1.0f);
+    for (int64_t g = 0; g < kb; ++g) xs1[g * cuda::Fp8PaddedRows(1)] = xs[g * mp + r];
+    DeviceBuffer<uint8_t> dq1(q1);
+    DeviceBuffer<float> dxs1(xs1);
+    Poison(y, n);
+    cuda::DenseGemvParams p1 = p;
+    p1.x_q = reinterpret_cast<const __nv_fp8_e4m3*>(dq1.ptr);
+    p1.x_scales = dxs1.ptr;
+    p1.x_scale_rows = cuda::Fp8PaddedRows(1);
+    p1.m = 1;
+    ASSERT_TRUE(cuda::RowGemvFp8(p1, nullptr).ok());
+    const std::vector<uint16_t> one = y.Download(n);
+    for (int64_t j = 0; j < n; ++j)
+      ASSERT_EQ(one[j], all[r * n + j]) << "row " << r << " column " << j;
+  }
+}
+
+TEST(Gemv, RowFp8RefusesWhatItDoesNotTake) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer<uint8_t> xq(256), w(256);
+  DeviceBuffer<uint16_t> xb(256), y(256);
+  DeviceBuffer<float> s(64);
+  cuda::DenseGemvParams p;
+  p.x_q = reinterpret_cast<const __nv_fp8_e4m3*>(xq.ptr);
+  p.x_scales = s.ptr;
+  p.x_scale_rows = 16;
+  p.w = reinterpret_cast<const __nv_fp8_e4m3*>(w.ptr);
+  p.scales = s.ptr;
+  p.scale_stride = 1;
+  p.y = reinterpret_cast<__nv_bfloat16*>(y.ptr);
+  p.m = 1, p.n = 2, p.k = 16, p.w_stride = 16;
+  EXPECT_TRUE(cuda::RowGemvFp8Supports(p));
+  EXPECT_TRUE(cuda::RowGemvFp8(p, nullptr).ok());
+  auto refused = [](const cuda::DenseGemvParams& bad) {
+    return !cuda::RowGemvFp8Supports(bad) &&
+           cuda::RowGemvFp8(bad, nullptr).code() == absl::StatusCode::kInvalidArgument;
+  };
+  cuda::DenseGemvParams bad = p;
+  bad.m = cuda::kRowGemvMaxRows + 1;
+  EXPECT_TRUE(refused(bad));
+  bad = p;
+  bad.w_stride = 24;  // not a multiple of 16
+  EXPECT_TRUE(refused(bad));
+  bad = p;
+  bad.x_q = nullptr, bad.x = reinterpret_cast<const __nv_bfloat16*>(xb.ptr);  // bf16 x
+  EXPECT_TRUE(refused(bad));
+  bad = p;
+  bad.w = reinterpret_cast<const __nv_fp8_e4m3*>(w.ptr + 1);  // unaligned
+  EXPECT_TRUE(refused(bad));
+  bad = p;
+  bad.scale_stride = 0;
+  EXPECT_TRUE(refused(bad));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 TEST(Gemv, RefusesBadArguments) {

@@ -18,6 +18,7 @@
 #include "kernels/cuda/dequant_gemm.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/dense_gemv.h"
 #include "kernels/cuda/grouped_gemv.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/router.h"
@@ -639,13 +640,17 @@ absl::Status GpuDeepseekV3Model::Linear(const __nv_bfloat16* x, int64_t m, const
     if (!quantised) R1_RETURN_IF_ERROR(Quantise(x, m, w, lane));
     auto* q = lane.quant_q->as<__nv_fp8_e4m3>();
     auto* s = lane.quant_scales->as<float>();
-    if (!gemv) {
-      return lane.gemm->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, lane.stream);
-    }
     g.x_q = q;
     g.x_scales = s;
     g.x_stride = w.k_stored;
     g.x_scale_rows = cuda::Fp8PaddedRows(m);
+    // A few rows (GpuModelOptions::fp8_row_gemv_max_rows / max_k): the weight streamed once.
+    if (m <= std::min(options_.fp8_row_gemv_max_rows, cuda::kRowGemvMaxRows) && w.k <= options_.fp8_row_gemv_max_k &&
+        cuda::RowGemvFp8Supports(g))
+      return cuda::RowGemvFp8(g, lane.stream);
+    if (!gemv) {
+      return lane.gemm->Fp8({q, s, w.w.as<__nv_fp8_e4m3>(), w.scales.as<float>(), y, m, w.n, w.k_stored}, lane.stream);
+    }
     return cuda::DenseGemv(g, lane.stream);
   }
   if (gemv) {

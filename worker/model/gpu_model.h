@@ -83,8 +83,8 @@ enum class GpuActivations {
   // router choices can flip.
   kBf16,
   // DeepSeek's inference numerics: bf16 activations quantised per token in 1x128 groups to FP8,
-  // cuBLASLt's block-scaled FP8 GEMM (DenseGemv on the same codes for one-row steps of narrow
-  // layers); routed experts FP8 x FP8 too (grouped GEMM, inputs quantised the same way;
+  // cuBLASLt's block-scaled FP8 GEMM (RowGemvFp8 on the same codes for one-row steps, DenseGemv
+  // where that does not apply; see GpuModelOptions); routed experts FP8 x FP8 too (grouped GEMM, inputs quantised the same way;
   // fp8_routed_experts). The fast path (bench/), outside the golden bound on the tiny golden
   // models (see docs/design.md).
   kFp8,
@@ -128,6 +128,18 @@ struct GpuModelOptions {
   // every row count.
   int64_t gemv_max_rows = 1;
   int64_t gemv_max_cols = 4096;
+  // kFp8, layers that quantise their input: products of at most fp8_row_gemv_max_rows rows (at
+  // most cuda::kRowGemvMaxRows) and at most fp8_row_gemv_max_k input columns run
+  // cuda::RowGemvFp8 (the same FP8 x FP8 function as cuBLASLt's GEMM, promoted per 128-wide group
+  // as it is), before the rules above; 0: never. Measured on an H100 at one row (bench_gpu --only
+  // gemv, CUDA graphs, weights cold in L2), RowGemvFp8 / cuBLASLt us: q_a 7.6 / 14.8, q_b 16.2 /
+  // 18.1, kv_a 5.8 / 14.5, shared gate/up 8.6 / 14.9, shared down 8.0 / 9.2, dense MLP gate/up
+  // (18432 x 7168) 58.9 / 62.8; slower only at the longest rows: o_proj (k = 16384) 52.9 / 50.2,
+  // dense MLP down (k = 18432) 61.7 / 55.8. Its time hardly moves from 1 to 4 rows (o_proj 53.4
+  // at 4), but one row is the default (batch-1 decode; decode of 2-4 rows then keeps running
+  // the kernels prefill runs).
+  int64_t fp8_row_gemv_max_rows = 1;
+  int64_t fp8_row_gemv_max_k = 8192;
   // Independent work of a layer on parallel streams (the latent's projection beside the query's,
   // the shared expert beside the routed experts, up_proj beside gate_proj); false: one stream
   // (for measuring what the overlap gains). Outputs are the same either way.
@@ -223,8 +235,8 @@ class GpuDeepseekV3Model {
   template <typename T>
   absl::Status RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride);
   // y [m, n] = x [m, k] · W^T in the configured numerics (buffers sized Fp8PaddedRows(m) rows);
-  // the GEMV for few rows of a narrow layer (options_.gemv_max_rows / gemv_max_cols), cuBLASLt
-  // otherwise.
+  // the GEMVs for few rows (options_.fp8_row_gemv_max_rows / fp8_row_gemv_max_k: RowGemvFp8;
+  // options_.gemv_max_rows / gemv_max_cols: DenseGemv), cuBLASLt otherwise.
   // On `lane`; `quantised`: the lane's quantiser buffers already hold x (kFp8: the same input
   // as the previous product on them, e.g. up_proj after gate_proj), so it is not quantised again.
   absl::Status Linear(const __nv_bfloat16* x, int64_t m, const GpuLinear& w, __nv_bfloat16* y, const Lane& lane,
