@@ -29,6 +29,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/dense_gemv.h"
+#include "kernels/cuda/sm90_util.cuh"
 
 namespace r1::cuda {
 namespace {
@@ -69,14 +70,6 @@ __device__ __forceinline__ uint4 KeepBytes(uint4 v, int bytes) {
     return n >= 4 ? word : n <= 0 ? 0u : word & ((1u << (8 * n)) - 1u);
   };
   return make_uint4(keep(v.x, 0), keep(v.y, 4), keep(v.z, 8), keep(v.w, 12));
-}
-
-__device__ __forceinline__ void MmaE4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                        uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __global__ void __launch_bounds__(kMaxWarps * 32) RowGemvFp8Kernel(const RowArgs a) {

@@ -33,6 +33,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/grouped_gemm_tiles.cuh"
+#include "kernels/cuda/sm90_util.cuh"
 
 namespace r1::cuda {
 namespace {
@@ -367,14 +368,6 @@ struct QTile {
   static_assert((kMaxExperts + 1) * 4 <= kSmemBytes, "offsets scan does not fit");
   static_assert(BM % 16 == 0 && BM <= kThreads, "tile shape");
 };
-
-__device__ __forceinline__ void MmaE4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                        uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 template <int BM>
 __global__ void __launch_bounds__(kThreads, BM >= 64 ? 2 : 3)

@@ -43,6 +43,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/sm90_util.cuh"
 #include "kernels/cuda/grouped_gemm_tiles.cuh"
 
 namespace r1::cuda::grouped_gemm {
@@ -331,28 +332,11 @@ __global__ void __launch_bounds__(kThreads, WgTile<BM>::kMinBlocks)
   }
 }
 
-using TensorMapEncoder = PFN_cuTensorMapEncodeTiled_v12000;
-
-// cuTensorMapEncodeTiled from the driver, looked up once (null when the driver lacks it).
-TensorMapEncoder Encoder() {
-  static const TensorMapEncoder fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      return static_cast<TensorMapEncoder>(nullptr);
-    }
-    return reinterpret_cast<TensorMapEncoder>(f);
-  }();
-  return fn;
-}
-
 // A [rows, k] matrix of e4m3 codes (row stride `stride` bytes) as a 2-d tensor map with boxes of
 // 128 codes × box_rows rows, 128-byte swizzle; reads past k or past `rows` give zeros.
 bool EncodeCodes(CUtensorMap* map, const void* base, int64_t k, int64_t rows, int64_t stride,
                  int box_rows) {
-  const TensorMapEncoder encode = Encoder();
+  const TensorMapEncoder encode = TensorMapEncoderFromDriver();
   if (encode == nullptr) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
@@ -413,7 +397,7 @@ bool WgmmaApplies(const GroupedFp8GemmParams& p) {
   // Bulk copies: 16-byte aligned bases and row strides (GroupedFp8Gemm checks those for x_q and
   // w), row coordinates in int32. The epilogue: 16-byte stores of 8 columns.
   return p.n % 8 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0 && p.experts * p.n <= INT_MAX &&
-         p.max_rows <= INT_MAX && p.k <= INT_MAX && Encoder() != nullptr;
+         p.max_rows <= INT_MAX && p.k <= INT_MAX && TensorMapEncoderFromDriver() != nullptr;
 }
 
 absl::Status LaunchWgmma(const GroupedFp8GemmParams& p, int bm, cudaStream_t stream) {

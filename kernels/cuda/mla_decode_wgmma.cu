@@ -53,6 +53,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/sm90_util.cuh"
 #include "kernels/cuda/mla_decode.h"
 
 namespace r1::cuda {
@@ -540,30 +541,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 #undef MLA_R32
 #undef MLA_R128
 
-using TensorMapEncoder = PFN_cuTensorMapEncodeTiled_v12000;
-
-// cuTensorMapEncodeTiled from the driver, looked up once (null when the driver lacks it).
-TensorMapEncoder Encoder() {
-  static const TensorMapEncoder fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      return static_cast<TensorMapEncoder>(nullptr);
-    }
-    return reinterpret_cast<TensorMapEncoder>(f);
-  }();
-  return fn;
-}
-
 // The layer's cache as a 3-d tensor [pages][block_size][576] bf16 with boxes of 64 dims x
 // min(block_size, 64) slots, 128-byte swizzle; false where the page size does not tile (then the
 // kernel gathers with cp.async). The page count is unknown here: any int32 page id is in range.
 bool EncodeCacheMap(const MlaDecodeParams& p, CUtensorMap* map) {
   const int64_t bs = p.block_size;
   if (!(bs % kTile == 0 || (kTile % bs == 0 && bs % 8 == 0)) || bs > INT_MAX) return false;
-  const TensorMapEncoder encode = Encoder();
+  const TensorMapEncoder encode = TensorMapEncoderFromDriver();
   if (encode == nullptr) return false;
   const cuuint64_t dims[3] = {kLatent, static_cast<cuuint64_t>(bs),
                               static_cast<cuuint64_t>(INT_MAX)};
