@@ -193,7 +193,7 @@ void ApiServer::OllamaChat(const HttpRequest& request, std::shared_ptr<HttpExcha
   text.starts_in_reasoning = thinking;
   text.parse_tool_calls = !tools.empty();
 
-  auto fill_final = [model_name, generate](GenerationJob& job, Json* out) {
+  auto fill_final = [](GenerationJob& job, Json* out) {
     const CompletionResult& r = job.results()[0];
     (*out)["done"] = true;
     (*out)["done_reason"] = OllamaDoneReason(r.finish);
