@@ -158,6 +158,18 @@ std::pair<double, int> Touched(r1::GpuDeepseekV3Model& model) {
           *std::max_element(rows.begin(), rows.end())};
 }
 
+// A decode step of b sequences at position ctx, one token each (spread over the vocabulary),
+// sequence s owning cache blocks [s * seq_blocks, (s + 1) * seq_blocks).
+std::vector<r1::SequenceStep> DecodeBatch(int b, int ctx, int64_t seq_blocks) {
+  std::vector<r1::SequenceStep> batch(b);
+  for (int s = 0; s < b; ++s) {
+    batch[s].tokens = {static_cast<int32_t>((s * 104729 + 5) % 129280)};
+    batch[s].start_position = ctx;
+    for (int64_t k = 0; k < seq_blocks; ++k) batch[s].block_table.push_back(static_cast<int32_t>(s * seq_blocks + k));
+  }
+  return batch;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -218,12 +230,7 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
         CHECK_CUDA(cudaMemcpy(dst, src, ctx_blocks * block_bytes, cudaMemcpyDeviceToDevice));
       }
     }
-    std::vector<r1::SequenceStep> batch(b);
-    for (int s = 0; s < b; ++s) {
-      batch[s].tokens = {static_cast<int32_t>((s * 104729 + 5) % 129280)};
-      batch[s].start_position = ctx;
-      for (int64_t k = 0; k < seq_blocks; ++k) batch[s].block_table.push_back(static_cast<int32_t>(s * seq_blocks + k));
-    }
+    const std::vector<r1::SequenceStep> batch = DecodeBatch(b, ctx, seq_blocks);
     const std::vector<r1::cuda::SamplingRow> rows(b);
     const int64_t replays0 = model->graph_replays();
     std::vector<double> us;
@@ -258,12 +265,7 @@ int Profile(const std::string& dir, int ctx, const std::vector<int>& batches) {
   const int64_t seq_blocks = (ctx + 1 + kBlock - 1) / kBlock;
   for (int b : batches) {
     auto cache = OrDie(r1::GpuKvCache::Create(model->config(), b * seq_blocks, kBlock), "cache");
-    std::vector<r1::SequenceStep> batch(b);
-    for (int s = 0; s < b; ++s) {
-      batch[s].tokens = {static_cast<int32_t>((s * 104729 + 5) % 129280)};
-      batch[s].start_position = ctx;
-      for (int64_t k = 0; k < seq_blocks; ++k) batch[s].block_table.push_back(static_cast<int32_t>(s * seq_blocks + k));
-    }
+    const std::vector<r1::SequenceStep> batch = DecodeBatch(b, ctx, seq_blocks);
     const std::vector<r1::cuda::SamplingRow> rows(b);
     std::vector<double> us;
     for (int i = 0; i < 8; ++i) {
