@@ -72,10 +72,6 @@ struct WgTile {
   static_assert(BM * kEpiPitch * 2 <= kSOff, "epilogue staging does not fit");
 };
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
 // wgmma shared-memory descriptor of a K-major tile with the 128-byte swizzle: start address,
 // leading byte offset (unused with this swizzle: 16), stride byte offset 1024 (8 rows of 128
 // bytes), each >> 4. The k-th 32-byte slice of the rows starts 32 k bytes on (the hardware
@@ -85,9 +81,6 @@ __device__ __forceinline__ uint64_t Desc(uint32_t addr) {
          (static_cast<uint64_t>(1024 >> 4) << 32) | (uint64_t{1} << 62);
 }
 
-__device__ __forceinline__ void MbarInit(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
 __device__ __forceinline__ void MbarArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
@@ -106,17 +99,6 @@ __device__ __forceinline__ void CpAsync4(uint32_t dst, const void* src, bool val
 __device__ __forceinline__ void CpAsyncArriveNoinc(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void MbarWait(uint32_t bar, int parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, "
-        "0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  }
-}
 // Box (128 codes, box rows) at (k c0, row c1) of a 2-d tensor map into dst, on mbarrier bar.
 __device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
                                           uint32_t bar) {
@@ -125,12 +107,6 @@ __device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, 
       "%3}], [%4];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
-}
-__device__ __forceinline__ void WgmmaFence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void WgmmaCommit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void WgmmaWait0() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");

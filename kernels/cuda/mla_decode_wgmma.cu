@@ -84,10 +84,6 @@ constexpr int kIssuer = kThreads / 2;  // the thread of warpgroup 1 that issues 
 
 enum : int { kBarTileFull = 1, kBarPFull = 2, kBarPFree = 3, kBarTileFree = 4 };
 
-__device__ inline uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // Byte offset of 16-byte unit u (of 72) of row r in a panel.
 __device__ inline uint32_t PanelOffset(int r, int u) {
   return (u >> 3) * kChunkBytes + r * kRowBytes + (((u & 7) ^ (r & 7)) << 4);
@@ -126,23 +122,9 @@ __device__ inline void BarArrive(int id) {
 }
 
 // Bulk tensor copies (TMA) completing on an mbarrier.
-__device__ inline void MbarInit(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
 __device__ inline void MbarExpectTx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
-}
-__device__ inline void MbarWait(uint32_t bar, int parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, "
-        "0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  }
 }
 // Box (64 dims, rows, 1 page) at (dim c0, slot c1, page c2) of the cache's tensor map into dst.
 __device__ inline void TmaLoad(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
@@ -154,10 +136,6 @@ __device__ inline void TmaLoad(uint32_t dst, const CUtensorMap* map, int c0, int
       : "memory");
 }
 
-__device__ inline void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ inline void WgmmaCommit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
 template <int N>
 __device__ inline void WgmmaWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");

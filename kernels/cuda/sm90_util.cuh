@@ -1,6 +1,8 @@
 // Small pieces shared by the Hopper kernels: the driver's tensor-map encoder (looked up at run
-// time, so the binaries need no link against libcuda) and the e4m3 mma.sync used where wgmma
-// does not fit (a few rows, or shapes the wgmma kernels do not take).
+// time, so the binaries need no link against libcuda), the mbarrier and wgmma-ordering basics of
+// the wgmma kernels, and the e4m3 mma.sync used where wgmma does not fit (a few rows, or shapes
+// the wgmma kernels do not take). Pieces whose semantics differ between kernels (e.g. an
+// expect_tx that does or does not also arrive) stay with their kernel.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap and its enums
@@ -28,6 +30,33 @@ inline TensorMapEncoder TensorMapEncoderFromDriver() {
   }();
   return fn;
 }
+
+// Shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ uint32_t SmemAddr(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// mbarrier basics (shared::cta). MbarInit: `count` arrivals complete a phase; MbarWait spins until
+// the phase of the given parity has completed.
+__device__ __forceinline__ void MbarInit(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, int parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, "
+        "0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  }
+}
+
+// wgmma ordering: a fence before the first wgmma that reads registers or shared memory written
+// since, and a commit closing the group of wgmmas issued so far.
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 
 // c += a · b on the tensor cores, e4m3 operands (m16n8k32, row-major a, column-major b), float32
 // accumulators. On Hopper this runs as f16 HMMA after converting the operands.
