@@ -13,6 +13,7 @@
 #include <limits>
 #include <set>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
@@ -175,8 +176,15 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
         return absl::DataLossError(absl::StrCat(index_path, ": tensor ", it.key(), ": file name is not a string"));
       }
       const std::string file = it.value().get<std::string>();
-      if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..") {
-        return absl::DataLossError(absl::StrCat(index_path, ": tensor ", it.key(), ": bad file name '", file, "'"));
+      // A shard's name is a plain file name in the folder: no separators, no parent, and no control
+      // bytes (an embedded NUL would open a different file than the one the index names).
+      const bool control = std::any_of(file.begin(), file.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+      });
+      if (file.empty() || control || file.find('/') != std::string::npos ||
+          file.find('\\') != std::string::npos || file == "." || file == "..") {
+        return absl::DataLossError(absl::StrCat(index_path, ": tensor ", absl::CHexEscape(it.key()),
+                                                ": bad file name '", absl::CHexEscape(file), "'"));
       }
       by_file[file].push_back(it.key());
     }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "common/log.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -304,6 +305,24 @@ TEST(Checkpoint, IndexPathTraversalRefused) {
     map["a.weight"] = bad;
     const std::string dir = Sharded("index_traversal", map);
     ExpectErrorNames(OpenDir(dir), {dir + "/model.safetensors.index.json", "a.weight", "bad file name"});
+  }
+}
+
+TEST(Checkpoint, IndexFileNameWithControlBytesRefused) {
+  // An embedded NUL would open the real shard under a name the index does not give; a newline or an
+  // escape would garble the log line that names it. The message shows the bytes escaped.
+  const std::vector<std::string> bad_names = {std::string("model-00001-of-00002.safetensors\0", 33),
+                                              "model-00001-of-00002.safetensors\n", "model\x1b[2J.safetensors",
+                                              "model-00001-of-00002.safetensors\x7f"};
+  for (const std::string& bad : bad_names) {
+    SCOPED_TRACE(absl::CHexEscape(bad));
+    json map = kWeightMap;
+    map["a.weight"] = bad;
+    const std::string dir = Sharded("index_control_bytes", map);
+    const absl::Status st = OpenDir(dir);
+    ExpectErrorNames(st, {dir + "/model.safetensors.index.json", "a.weight", "bad file name"});
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(std::string(st.message()).find_first_of(std::string("\0\n\x1b\x7f", 4)), std::string::npos);
   }
 }
 
