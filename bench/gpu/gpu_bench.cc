@@ -1,5 +1,5 @@
 // GPU kernel benchmarks at DeepSeek-R1's real dimensions, each figure against its floor.
-//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|gemv|mla|moelayer|moe] [--mla BATCH CTX] [--moe-tokens N]
+//   build-gpu/bench/gpu/bench_gpu [--quick] [--only gemm|gemv|absorb|mla|moelayer|moe] [--mla BATCH CTX] [--moe-tokens N]
 // Floors: the device-to-device copy bandwidth measured in the same run (bytes that must move /
 // measured HBM bandwidth) and the dense FP8 / BF16 tensor rate given below (flops / rate).
 // Reference in the same command: bench/gpu/torch_ref.py (PyTorch) — see bench/README.md.
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "kernels/cuda/absorb_fp8.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/dense_gemv.h"
@@ -230,6 +231,91 @@ void FewRowsBench(double hbm, bool quick) {
   for (const Row& r : rows)
     std::printf("%-16s %2ld %8.1f %9.1f %9.1f %9.1f %6.0f%%\n", r.name, static_cast<long>(r.m), r.floor, r.cublas,
                 r.gemv, r.row, r.pct);
+}
+
+// MLA's two absorbed per-head products at decode (R1: 128 heads, q_nope 128 -> latent 512 and
+// latent 512 -> v 128, from kv_b_proj): the FP8 kernels (AbsorbQueryFp8 / ApplyValueFp8) against
+// the path they replace at few rows (q widened to float32, a batched TF32 cuBLASLt product over
+// the float32 weight copies, the value product's output cast to bf16). Each launch reads another
+// copy of the weights (>= 512 MB in turn: L2 cold); 20 launches per CUDA graph. Floor: kv_b's FP8
+// codes of the product (8.4 MB) + activations at the copy rate.
+void AbsorbBench(double hbm, bool quick) {
+  std::printf("\nAbsorbed MLA products (decode): FP8 codes (AbsorbQueryFp8 / ApplyValueFp8) against TF32 over the "
+              "float32 copies, L2 cold, 20 launches per CUDA graph\n");
+  auto runner = r1::cuda::GemmRunner::Create();
+  if (!runner.ok()) return;
+  const int64_t nh = 128, nope = 128, rope = 64, vd = 128, kvr = 512, qk = nope + rope;
+  const int64_t kvb_bytes = nh * (nope + vd) * kvr, f32_half = nh * nope * kvr * 4;
+  const int64_t scale_stride = r1::cuda::Fp8ScaleStride(kvr), nb = nh * (nope + vd) / 128;
+  const int fp8_copies = static_cast<int>(((int64_t{512} << 20) + kvb_bytes - 1) / kvb_bytes);
+  const int f32_copies = static_cast<int>(((int64_t{512} << 20) + f32_half - 1) / f32_half);
+  std::vector<void*> codes(fp8_copies), scales(fp8_copies), uk(f32_copies), uv(f32_copies);
+  for (int i = 0; i < fp8_copies; ++i) {
+    codes[i] = AllocFp8Random(kvb_bytes, 11 + i);
+    scales[i] = AllocF32Const(nb * scale_stride, 0.01f);
+  }
+  for (int i = 0; i < f32_copies; ++i) uk[i] = AllocF32Const(f32_half / 4, 0.01f), uv[i] = AllocF32Const(f32_half / 4, 0.02f);
+  const int64_t max_t = 16;
+  auto* q = static_cast<__nv_bfloat16*>(Alloc(max_t * nh * qk * 2, 0x3c));
+  auto* q_f32 = static_cast<float*>(Alloc(max_t * nh * qk * 4));
+  auto* q_lat = static_cast<float*>(Alloc(max_t * nh * kvr * 4));
+  auto* q_pe = static_cast<float*>(Alloc(max_t * nh * rope * 4));
+  auto* o_lat = static_cast<float*>(AllocF32Const(max_t * nh * kvr, 0.5f));
+  auto* attn_f32 = static_cast<float*>(Alloc(max_t * nh * vd * 4));
+  auto* attn = static_cast<__nv_bfloat16*>(Alloc(max_t * nh * vd * 2));
+  auto weight = [&](int i) {
+    r1::cuda::AbsorbFp8Weight w;
+    w.w = static_cast<const uint8_t*>(codes[i % fp8_copies]), w.scales = static_cast<const float*>(scales[i % fp8_copies]);
+    w.w_stride = kvr, w.scale_stride = scale_stride, w.heads = nh, w.nope = nope, w.v = vd, w.kvr = kvr;
+    return w;
+  };
+  std::printf("%-6s %8s | %9s %9s %6s | %9s %9s %6s\n", "rows", "floor", "query fp8", "tf32", "x", "value fp8",
+              "tf32", "x");
+  for (int64_t t : quick ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{1, 2, 4, 8, 16}) {
+    bool ok = true;
+    auto chk = [&](const absl::Status& st) {
+      if (!st.ok() && ok) std::fprintf(stderr, "absorb: %s\n", std::string(st.message()).c_str()), ok = false;
+    };
+    const double q_fp8 = TimeGraphUs([&](int i, cudaStream_t s) {
+      chk(r1::cuda::AbsorbQueryFp8(r1::cuda::AbsorbQueryFp8Params<__nv_bfloat16>{weight(i), q, q_lat, q_pe, t, rope}, s));
+    });
+    const double q_tf32 = TimeGraphUs([&](int i, cudaStream_t s) {
+      chk(r1::cuda::AbsorbQuery(r1::cuda::AbsorbQueryParamsT<__nv_bfloat16>{q, nullptr, nullptr, q_pe, t, nh, nope,
+                                                                           rope, kvr, q_f32}, s));
+      r1::cuda::BatchedGemmParams bp;
+      bp.type = r1::cuda::BatchedGemmParams::Type::kTf32;
+      bp.x = q_f32, bp.ldx = nh * qk, bp.stride_x = qk;
+      bp.w = uk[i % f32_copies], bp.ldw = kvr, bp.stride_w = nope * kvr, bp.w_kn = true;
+      bp.y = q_lat, bp.ldy = nh * kvr, bp.stride_y = kvr;
+      bp.m = t, bp.n = kvr, bp.k = nope, bp.batch = nh;
+      chk((*runner)->Batched(bp, s));
+    });
+    const double v_fp8 = TimeGraphUs([&](int i, cudaStream_t s) {
+      chk(r1::cuda::ApplyValueFp8(r1::cuda::ApplyValueFp8Params<__nv_bfloat16>{weight(i), o_lat, attn, t}, s));
+    });
+    const double v_tf32 = TimeGraphUs([&](int i, cudaStream_t s) {
+      r1::cuda::BatchedGemmParams bp;
+      bp.type = r1::cuda::BatchedGemmParams::Type::kTf32;
+      bp.x = o_lat, bp.ldx = nh * kvr, bp.stride_x = kvr;
+      bp.w = uv[i % f32_copies], bp.ldw = kvr, bp.stride_w = vd * kvr, bp.w_kn = false;
+      bp.y = attn_f32, bp.ldy = nh * vd, bp.stride_y = vd;
+      bp.m = t, bp.n = vd, bp.k = kvr, bp.batch = nh;
+      chk((*runner)->Batched(bp, s));
+      chk(r1::cuda::CastToBf16(attn_f32, attn, t * nh * vd, s));
+    });
+    // Half of kv_b's codes per product, plus the activations in and out.
+    const double bytes = kvb_bytes / 2.0 + t * nh * (2.0 * qk + 4.0 * kvr);
+    const double floor_us = bytes / (hbm * 1e9) * 1e6;
+    std::printf("%-6ld %8.1f | %9.1f %9.1f %5.2fx | %9.1f %9.1f %5.2fx%s\n", static_cast<long>(t), floor_us, q_fp8,
+                q_tf32, q_tf32 / q_fp8, v_fp8, v_tf32, v_tf32 / v_fp8, ok ? "" : "  FAILED");
+    std::printf("    -> fp8 query %.0f%%, value %.0f%% of the copy rate\n", 100.0 * floor_us / q_fp8,
+                100.0 * floor_us / v_fp8);
+  }
+  for (void* p : codes) cudaFree(p);
+  for (void* p : scales) cudaFree(p);
+  for (void* p : uk) cudaFree(p);
+  for (void* p : uv) cudaFree(p);
+  cudaFree(q), cudaFree(q_f32), cudaFree(q_lat), cudaFree(q_pe), cudaFree(o_lat), cudaFree(attn_f32), cudaFree(attn);
 }
 
 // See main's section 4.
@@ -451,7 +537,7 @@ void MoeLayerBench(double hbm, bool quick, int64_t only_tokens) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --quick: fewer sizes; --only gemm|gemv|mla|moelayer|moe: one section (gemm includes gemv);
+  // --quick: fewer sizes; --only gemm|gemv|absorb|mla|moelayer|moe: one section (gemm includes gemv and absorb);
   // --mla BATCH CTX: that MLA case alone; --moe-tokens N: the MoE layer at N tokens alone (e.g. for
   // a profiler).
   bool quick = false;
@@ -533,6 +619,7 @@ int main(int argc, char** argv) {
   // 1b. Few rows (decode batches): the GEMV against cuBLASLt at the dense layers' shapes, weights
   // cold in L2, launches back to back in a graph. Floor: the weight bytes over the copy rate.
   if (only.empty() || only == "gemm" || only == "gemv") FewRowsBench(hbm, quick);
+  if (only.empty() || only == "gemm" || only == "gemv" || only == "absorb") AbsorbBench(hbm, quick);
 
   // 2. MLA decode (absorbed) over the paged bf16 latent cache: 128 heads, latent 512 + 64. Bytes:
   // the cache rows read, q read and o_lat written (float32, as the interface takes them).

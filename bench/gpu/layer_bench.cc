@@ -50,6 +50,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 // GpuModelOptions::parallel_lanes of every model the benchmark loads (--serial: false).
 bool parallel_lanes = true;
+// GpuModelOptions::fp8_absorb_max_rows of every model (--fp8-absorb N).
+int64_t fp8_absorb_max_rows = r1::GpuModelOptions{}.fp8_absorb_max_rows;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 #define CHECK_CUDA(x)                                                                  \
@@ -184,6 +186,7 @@ Timings RunModel(const std::string& dir, int ctx, const std::vector<int>& batche
   r1::GpuModelOptions options;
   options.activations = r1::GpuActivations::kFp8;
   options.parallel_lanes = parallel_lanes;
+  options.fp8_absorb_max_rows = fp8_absorb_max_rows;
   options.weight_layers = weight_layers;
   options.kv_layers = kv_layers;
   options.max_step_tokens = std::max(ctx, *std::max_element(batches.begin(), batches.end()));
@@ -259,6 +262,7 @@ int Profile(const std::string& dir, int ctx, const std::vector<int>& batches) {
   r1::GpuModelOptions options;
   options.activations = r1::GpuActivations::kFp8;
   options.parallel_lanes = parallel_lanes;
+  options.fp8_absorb_max_rows = fp8_absorb_max_rows;
   options.max_step_tokens = *std::max_element(batches.begin(), batches.end());
   auto model = OrDie(r1::GpuDeepseekV3Model::Load(dir, options), "load");
   constexpr int64_t kBlock = 64;
@@ -371,6 +375,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-depth") depth = false;
     else if (a == "--profile") profile = true;
     else if (a == "--serial") parallel_lanes = false;
+    else if (a == "--fp8-absorb" && i + 1 < argc) fp8_absorb_max_rows = std::atol(argv[++i]);
     else if ((a == "--ep-batches" || a == "--batches") && i + 1 < argc) {
       std::vector<int>& list = a == "--batches" ? batches : ep_batches;
       list.clear();
@@ -378,10 +383,12 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--dir D] [--ctx N] [--steps N] [--keep] [--batches 1,8,64,256] [--no-depth]\n"
-                   "          [--profile] [--serial] [--ep-shard [--ep-batches 64,128,256,512]]\n"
+                   "          [--profile] [--serial] [--fp8-absorb N] [--ep-shard [--ep-batches 64,128,256,512]]\n"
                    "  --no-depth: leave out the layer-aliased 61-layer run\n"
                    "  --profile: only one decode step per batch of the 4-layer model between cudaProfilerStart/Stop\n"
                    "  --serial: every layer's work on one stream (GpuModelOptions::parallel_lanes = false)\n"
+                   "  --fp8-absorb N: steps of at most N rows run the absorbed MLA products from kv_b_proj's FP8\n"
+                   "              codes (GpuModelOptions::fp8_absorb_max_rows; default: the option's default)\n"
                    "  --ep-shard: instead of the layer runs, the expert-parallel shard's decode at context 2048\n"
                    "              (or --ctx) for the given sequence counts\n",
                    argv[0]);

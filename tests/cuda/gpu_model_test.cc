@@ -258,6 +258,52 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuModelTest,
                            return s;
                          });
 
+// GpuModelOptions::fp8_absorb_max_rows: decode steps of few rows take MLA's absorbed products
+// from kv_b_proj's FP8 codes (float32 products of the dequantised weight) instead of the TF32
+// products over the float32 copies. Token-by-token decode of the FP8 golden checkpoints in the
+// bf16 mode both ways: the two differ by TF32's rounding only, and the FP8 path stays within the
+// golden bound; prefill (more rows than the limit) is unchanged, bit for bit.
+TEST(GpuModelFp8AbsorbTest, DecodeMatchesTf32ProductsAndGolden) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (const std::string dir : {"golden-a-fp8", "golden-b-fp8"}) {
+    SCOPED_TRACE(dir);
+    auto load = [&](int64_t max_rows) {
+      GpuModelOptions o;
+      o.activations = GpuActivations::kBf16;
+      o.fp8_absorb_max_rows = max_rows;
+      auto m = GpuDeepseekV3Model::Load(GoldenModel(dir), o);
+      EXPECT_TRUE(m.ok()) << m.status();
+      return m.ok() ? std::move(*m) : nullptr;
+    };
+    auto fp8 = load(4), tf32 = load(0);
+    ASSERT_TRUE(fp8 && tf32);
+    EXPECT_TRUE(fp8->UsesFp8Absorb(1));
+    EXPECT_TRUE(fp8->UsesFp8Absorb(4));
+    EXPECT_FALSE(fp8->UsesFp8Absorb(5));
+    EXPECT_FALSE(tf32->UsesFp8Absorb(1));
+    auto golden = SafetensorsFile::Open(GoldenData(dir.substr(0, dir.rfind('-'))));
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    const int64_t vocab = fp8->config().vocab_size;
+    const auto ids = ReadI32(**golden, "prompt.3.tokens");
+    const auto want = ReadF32(**golden, "prompt.3.logits");
+    TwoWays a = RunBothWays(*fp8, ids), b = RunBothWays(*tf32, ids);
+    ASSERT_EQ(a.decode.size(), b.decode.size());
+    if (ids.size() > 4) {
+      EXPECT_EQ(a.prefill, b.prefill);  // past the limit: the same kernels
+    }
+    Check vs_tf32, vs_golden;
+    for (size_t p = 0; p < ids.size(); ++p) {
+      vs_tf32.Row(a.decode.data() + p * vocab, b.decode.data() + p * vocab, vocab);
+      vs_golden.Row(a.decode.data() + p * vocab, want.data() + p * vocab, vocab);
+    }
+    EXPECT_LE(vs_tf32.overall(), 1e-2);
+    EXPECT_LE(vs_golden.overall(), kTolerance);
+    std::printf("[ gpu ] %s (bf16) decode, FP8 absorbed products: vs TF32 products rel L2 %.3g (worst %.3g); vs "
+                "golden %.3g (worst %.3g)\n", dir.c_str(), vs_tf32.overall(), vs_tf32.worst_err, vs_golden.overall(),
+                vs_golden.worst_err);
+  }
+}
+
 // GpuModelOptions::weight_layers (layer-aliased full-depth benchmarks): golden-a (layer 0 dense,
 // 1 and 2 MoE) loaded with 2 weight layers runs layer 2 on layer 1's weights, so its logits equal,
 // bit for bit, those of a checkpoint whose layer-2 tensors are copies of layer 1's, and differ

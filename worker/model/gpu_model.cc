@@ -9,12 +9,14 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "kernels/cuda/absorb_fp8.h"
 #include "kernels/cuda/dequant_gemm.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/grouped_gemm.h"
@@ -495,6 +497,12 @@ absl::Status GpuDeepseekV3Model::LoadWeights(const Checkpoint& ckpt) {
       }
       R1_RETURN_IF_ERROR(upload(std::move(uk), &L.w_uk));
       R1_RETURN_IF_ERROR(upload(std::move(uv), &L.w_uv));
+      if (options_.activations != GpuActivations::kFloat32 && options_.fp8_absorb_max_rows > 0) {
+        R1_ASSIGN_OR_RETURN(TensorView kvb_t, ckpt.Get(a + "kv_b_proj.weight", {nh * (nope + vd), kvr}));
+        if (kvb_t.dtype == DType::kF8E4M3) {
+          R1_RETURN_IF_ERROR(linear(a + "kv_b_proj.weight", nh * (nope + vd), kvr, &L.kv_b, -1));
+        }
+      }
       L.is_moe = c.is_moe_layer(i);
       if (!L.is_moe) return mlp(p + "mlp.", c.intermediate_size, &L.mlp, false);
       R1_ASSIGN_OR_RETURN(Matrix router, LoadMatrix(ckpt, c, p + "mlp.gate.weight", c.n_routed_experts, h));
@@ -721,6 +729,26 @@ absl::Status GpuDeepseekV3Model::RunMlp(const Mlp& w, const T* h, int64_t m, con
   return Linear(gp, m, w.down, dp, a);
 }
 
+std::optional<cuda::AbsorbFp8Weight> GpuDeepseekV3Model::KvBFp8(const Layer& L, int64_t t) const {
+  const ModelConfig& c = config_;
+  if (!L.kv_b.fp8 || t < 1 || t > std::min(options_.fp8_absorb_max_rows, cuda::kAbsorbFp8MaxRows)) return std::nullopt;
+  cuda::AbsorbFp8Weight w;
+  w.w = L.kv_b.w.as<uint8_t>(), w.scales = L.kv_b.scales.as<float>();
+  w.w_stride = L.kv_b.k_stored, w.scale_stride = L.kv_b.scale_stride;
+  w.heads = c.num_attention_heads, w.nope = c.qk_nope_head_dim, w.v = c.v_head_dim, w.kvr = c.kv_lora_rank;
+  // ApplyValueFp8 reads o_lat in float4s.
+  if (!cuda::AbsorbFp8Supports(w) || w.kvr % 4 != 0) return std::nullopt;
+  return w;
+}
+
+bool GpuDeepseekV3Model::UsesFp8Absorb(int64_t rows) const {
+  if (layers_.empty()) return false;
+  for (const Layer& L : layers_) {
+    if (!KvBFp8(L, rows)) return false;
+  }
+  return true;
+}
+
 template <typename T>
 absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride) {
   constexpr bool kF32 = std::is_same_v<T, float>;
@@ -791,7 +819,15 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     // over the heads (the per-row kernel re-reads w_uk, 33.5 MB at R1's size, for every row); the
     // float32 weights as loaded, q widened to float32. q_pe is copied out by the kernel either way.
     bool absorbed = false;
-    if constexpr (!kF32) {
+    // At a few rows, both absorbed products straight from kv_b_proj's FP8 codes instead.
+    const std::optional<cuda::AbsorbFp8Weight> kvb_fp8 = KvBFp8(L, t);
+    if (kvb_fp8) {
+      R1_RETURN_IF_ERROR(cuda::AbsorbQueryFp8(cuda::AbsorbQueryFp8Params<T>{*kvb_fp8, qb, ws_.q_lat.as<float>(),
+                                                                           ws_.q_pe.as<float>(), t, rope},
+                                              stream_));
+      absorbed = true;
+    }
+    if (!kF32 && !absorbed) {  // kF32 never has kvb_fp8 (not loaded)
       R1_RETURN_IF_ERROR(cuda::AbsorbQuery(cuda::AbsorbQueryParamsT<T>{qb, nullptr, nullptr, ws_.q_pe.as<float>(), t,
                                                                        nh, nope, rope, kvr, ws_.q_f32.as<float>()},
                                            stream_));
@@ -834,7 +870,12 @@ absl::Status GpuDeepseekV3Model::RunStep(int64_t t, GpuKvCache& cache, int64_t t
     R1_RETURN_IF_ERROR(cuda::MlaDecode(mp, stream_));
     auto* attn = ws_.attn.as<T>();
     bool applied = false;
-    if constexpr (!kF32) {
+    if (kvb_fp8) {
+      R1_RETURN_IF_ERROR(
+          cuda::ApplyValueFp8(cuda::ApplyValueFp8Params<T>{*kvb_fp8, ws_.o_lat.as<float>(), attn, t}, stream_));
+      applied = true;
+    }
+    if (!kF32 && !applied) {
       // attn[t, h, :] = o_lat[t, h, :] · w_uv[h]^T, batched over the heads (TF32), then to bf16.
       cuda::BatchedGemmParams bp;
       bp.type = cuda::BatchedGemmParams::Type::kTf32;

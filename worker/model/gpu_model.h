@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <string>
 #include <vector>
@@ -29,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/config.h"
+#include "kernels/cuda/absorb_fp8.h"
 #include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/sampling.h"
 #include "worker/model/deepseek_v3.h"
@@ -140,6 +142,14 @@ struct GpuModelOptions {
   // the kernels prefill runs).
   int64_t fp8_row_gemv_max_rows = 1;
   int64_t fp8_row_gemv_max_k = 8192;
+  // kBf16 and kFp8 with an FP8 kv_b_proj: steps of at most fp8_absorb_max_rows rows (at most
+  // cuda::kAbsorbFp8MaxRows) run MLA's two absorbed per-head products from the FP8 codes
+  // (cuda::AbsorbQueryFp8 / ApplyValueFp8: float32 products of the dequantised weight, 8.4 MB read
+  // per product at R1's size) instead of the batched TF32 product over the float32 copies (33.5
+  // MB); 0: never (and kv_b_proj's codes are not kept on the device). Off by default until the
+  // kernels' tests and timings have run on a GPU (bench_gpu --only absorb, bench_gpu_layer
+  // --no-fp8-absorb for the comparison; docs/design.md, "GPU").
+  int64_t fp8_absorb_max_rows = 0;
   // Independent work of a layer on parallel streams (the latent's projection beside the query's,
   // the shared expert beside the routed experts, up_proj beside gate_proj); false: one stream
   // (for measuring what the overlap gains). Outputs are the same either way.
@@ -178,6 +188,9 @@ class GpuDeepseekV3Model {
   size_t device_weight_bytes() const { return weight_bytes_; }
   // Decode steps replayed from a captured graph so far (for tests and logs).
   int64_t graph_replays() const { return graph_replays_; }
+  // Whether a step of `rows` rows runs MLA's absorbed products from kv_b_proj's FP8 codes
+  // (GpuModelOptions::fp8_absorb_max_rows) in every layer.
+  bool UsesFp8Absorb(int64_t rows) const;
   // Benchmarks: the rows each routed expert received in the last MoE layer of the last step
   // (waits for the stream).
   absl::StatusOr<std::vector<int32_t>> LastExpertRows();
@@ -195,6 +208,7 @@ class GpuDeepseekV3Model {
     GpuLinear q_a, q_b, q, kv_a, o;
     DeviceMemory q_a_norm, kv_a_norm;    // float32
     DeviceMemory w_uk, w_uv;             // float32 [NH, nope, kvr], [NH, v, kvr] (kv_b_proj halves)
+    GpuLinear kv_b;                      // FP8 as stored, for the few-row absorbed products (or empty)
     bool is_moe = false;
     Mlp mlp;
     DeviceMemory router;                 // float32 [E, H]
@@ -234,6 +248,9 @@ class GpuDeepseekV3Model {
   // T: the activation element type (float for kFloat32, bf16 otherwise).
   template <typename T>
   absl::Status RunStep(int64_t t, GpuKvCache& cache, int64_t table_stride);
+  // kv_b_proj's FP8 codes for the absorbed products of a t-row step, when the layer holds them and
+  // t <= options_.fp8_absorb_max_rows; nullopt: the TF32 (or float32) products.
+  std::optional<cuda::AbsorbFp8Weight> KvBFp8(const Layer& L, int64_t t) const;
   // y [m, n] = x [m, k] · W^T in the configured numerics (buffers sized Fp8PaddedRows(m) rows);
   // the GEMVs for few rows (options_.fp8_row_gemv_max_rows / fp8_row_gemv_max_k: RowGemvFp8;
   // options_.gemv_max_rows / gemv_max_cols: DenseGemv), cuBLASLt otherwise.
