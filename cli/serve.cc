@@ -50,6 +50,11 @@ CLI::App* AddServeCommand(CLI::App& app, ServeCommandOptions& o) {
   cmd->add_option("--max-step-tokens", o.engine.max_step_tokens,
                   "Token budget of one forward step (chunked prefill)")
       ->capture_default_str();
+  cmd->add_option("--sampling-threads", o.engine.sampling_threads,
+                  "Threads choosing each step's tokens, one sequence each (0: every core); the "
+                  "tokens do not depend on it")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--max-queued-requests", o.engine.max_queued_requests,
                   "Requests waiting to start; more get 429")
       ->capture_default_str();

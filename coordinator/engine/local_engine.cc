@@ -41,12 +41,13 @@ struct LocalEngine::Sequence {
 absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Create(Options options) {
   const Options& o = options;
   if (o.block_size <= 0 || o.max_step_tokens <= 0 || o.max_batch_size <= 0 ||
-      o.max_queued_requests < 0 || o.kv_blocks < 0 || o.max_context < 0) {
+      o.max_queued_requests < 0 || o.kv_blocks < 0 || o.max_context < 0 || o.sampling_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("engine options: block_size (", o.block_size,
                                                    "), max_step_tokens (", o.max_step_tokens,
                                                    ") and max_batch_size (", o.max_batch_size,
-                                                   ") must be positive; kv_blocks, max_context and "
-                                                   "max_queued_requests must not be negative"));
+                                                   ") must be positive; kv_blocks, max_context, "
+                                                   "max_queued_requests and sampling_threads must not "
+                                                   "be negative"));
   }
   std::unique_ptr<LocalEngine> e(new LocalEngine(std::move(options)));
   if (e->options_.executor) {
@@ -454,6 +455,10 @@ void LocalEngine::Finish(const std::vector<Sequence*>& step, const std::vector<i
                          const absl::StatusOr<std::vector<std::vector<float>>>& logits,
                          std::vector<Delivery>* out) {
   const int64_t vocab = executor_->config().vocab_size;
+  // First the bookkeeping, in step order; then every finished row's token, the rows in parallel
+  // (each touches only its own sampler state); then the events, in step order again.
+  std::vector<Sequence*> sampled;
+  std::vector<SamplingJob> jobs;
   for (size_t i = 0; i < step.size(); ++i) {
     Sequence* s = step[i];
     s->in_step = false;
@@ -467,16 +472,28 @@ void LocalEngine::Finish(const std::vector<Sequence*>& step, const std::vector<i
         0, std::min(s->computed, s->prompt_len) - std::min(before, s->prompt_len));
     RegisterFullBlocks(s);
     if (s->computed < static_cast<int64_t>(s->tokens.size()) || s->request->cancelled) continue;
+    SamplingJob job;
+    job.logits = (*logits)[i].data();
+    job.sampling = &s->request->request.sampling;
+    job.state = &s->sampler;
+    jobs.push_back(std::move(job));
+    sampled.push_back(s);
+  }
+  ChooseTokens(absl::MakeSpan(jobs), vocab, options_.sampling_threads);
 
+  for (size_t j = 0; j < sampled.size(); ++j) {
+    Sequence* s = sampled[j];
+    SamplingJob& job = jobs[j];
     const Request& r = *s->request;
     const EngineSampling& sp = r.request.sampling;
-    const float* row = (*logits)[i].data();
     GenerationEvent ev;
     ev.index = s->index;
-    const int32_t token = ChooseToken(row, vocab, sp, s->sampler, scratch_);
+    const int32_t token = job.token;
     ev.token = token;
-    if (sp.logprobs)
-      ComputeLogprobs(row, vocab, token, sp.top_logprobs, &ev.logprob, &ev.top_logprobs);
+    if (sp.logprobs) {
+      ev.logprob = job.logprob;
+      ev.top_logprobs = std::move(job.top_logprobs);
+    }
     s->sampler.Observe(sp, token);
     s->tokens.push_back(token);
     ++s->generated;

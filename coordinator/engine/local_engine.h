@@ -73,6 +73,9 @@ class LocalEngine : public Engine {
     int64_t max_step_tokens = 512;        // token budget of one forward step
     int64_t max_batch_size = 64;          // sequences in one step
     bool prefix_caching = true;
+    // Threads choosing a step's tokens (sampling.h, ChooseTokens); 0: as many as OpenMP offers.
+    // The tokens are the same for every count.
+    int sampling_threads = 0;
   };
 
   static absl::StatusOr<std::unique_ptr<LocalEngine>> Create(Options options);
@@ -149,7 +152,6 @@ class LocalEngine : public Engine {
   bool stop_ = false, draining_ = false, paused_ = false;
   EngineStats stats_;
   std::thread thread_;
-  std::vector<float> scratch_;
 };
 
 }  // namespace r1

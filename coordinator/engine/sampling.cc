@@ -5,6 +5,8 @@
 #include <limits>
 #include <numeric>
 
+#include <omp.h>
+
 #include "absl/strings/str_cat.h"
 
 namespace r1 {
@@ -84,11 +86,15 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
 
   // Weights relative to the best token: w = exp((l - max) / T), so the best weighs 1.
   const float mx = *std::max_element(logits, logits + vocab);
-  std::vector<float> w(vocab);
+  // Per-thread buffers kept between calls: at R1's vocabulary each is 517 KB, which a fresh
+  // allocation would map and fault in again for every token.
+  thread_local std::vector<float> w;
+  thread_local std::vector<int32_t> ids;
+  w.resize(static_cast<size_t>(vocab));
   for (int64_t i = 0; i < vocab; ++i) w[i] = std::exp((logits[i] - mx) / s.temperature);
   // min_p: drop tokens less likely than min_p times the most likely one.
-  std::vector<int32_t> ids;
-  ids.reserve(vocab);
+  ids.clear();
+  ids.reserve(static_cast<size_t>(vocab));
   for (int64_t i = 0; i < vocab; ++i) {
     if (w[i] >= s.min_p && w[i] > 0) ids.push_back(static_cast<int32_t>(i));
   }
@@ -131,6 +137,26 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
     if (u < cum) return ids[i];
   }
   return ids[keep - 1];
+}
+
+void ChooseTokens(absl::Span<SamplingJob> jobs, int64_t vocab, int threads) {
+  const int64_t n = static_cast<int64_t>(jobs.size());
+  if (n == 0) return;
+  const int width = threads > 0 ? threads : omp_get_max_threads();
+  // Below a few rows of a real vocabulary the threads' start-up is not worth it.
+  const bool parallel = width > 1 && n > 1 && n * vocab >= (int64_t{1} << 18);
+#pragma omp parallel num_threads(width) if (parallel)
+  {
+    std::vector<float> scratch;  // each thread's own
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) {
+      SamplingJob& j = jobs[i];
+      j.token = ChooseToken(j.logits, vocab, *j.sampling, *j.state, scratch);
+      if (j.sampling->logprobs) {
+        ComputeLogprobs(j.logits, vocab, j.token, j.sampling->top_logprobs, &j.logprob, &j.top_logprobs);
+      }
+    }
+  }
 }
 
 void ComputeLogprobs(const float* logits, int64_t vocab, int32_t token, int32_t top_n,

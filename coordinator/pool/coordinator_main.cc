@@ -178,6 +178,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch-size", engine_options.max_batch_size, "Sequences per forward step")->capture_default_str();
   app.add_option("--max-step-tokens", engine_options.max_step_tokens, "Token budget of one step (chunked prefill)")
       ->capture_default_str();
+  app.add_option("--sampling-threads", engine_options.sampling_threads,
+                 "Threads choosing each step's tokens, one sequence each (0: every core); the tokens do not depend on it")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--max-queued-requests", engine_options.max_queued_requests, "Requests waiting to start; more get 429")
       ->capture_default_str();
   app.add_option("--max-tokens", serve.api.max_tokens, "Upper bound of a request's max_tokens (0: the context)")

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <random>
 #include <thread>
 
+#include "coordinator/engine/sampling.h"
 #include "tests/engine/engine_test_util.h"
 #include "worker/generate.h"
 
@@ -429,6 +431,94 @@ TEST_F(EngineTest, SeedsAndCompletions) {
   r.sampling.frequency_penalty = 0.5f;
   EXPECT_EQ(RunAlone(*engine, r).tokens, RunAlone(*engine, r).tokens);
   ExpectAllFree(*engine);
+}
+
+// A step's tokens chosen over several threads (ChooseTokens) equal the serial choices, row by
+// row, at R1's vocabulary: tokens, logprobs and the samplers' states after them.
+TEST(EngineSamplingTest, ChooseTokensEqualsSerialChoices) {
+  const int64_t vocab = 129280, rows = 48;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  std::vector<float> logits(rows * vocab);
+  std::vector<EngineSampling> params(rows);
+  std::vector<int32_t> prompt = {7, 100, 2048, 129279, 7};
+  for (int64_t r = 0; r < rows; ++r) {
+    EngineSampling& p = params[r];
+    switch (r % 6) {
+      case 0: p.temperature = 0.0f; break;  // greedy
+      case 1: p.temperature = 0.6f, p.top_p = 0.95f; break;
+      case 2: p.temperature = 1.0f, p.top_k = 40; break;
+      case 3: p.temperature = 0.8f, p.min_p = 0.05f, p.logprobs = true, p.top_logprobs = 5; break;
+      case 4: p.temperature = 0.7f, p.repetition_penalty = 1.3f, p.presence_penalty = 0.5f, p.frequency_penalty = 0.4f;
+              break;
+      case 5: p.temperature = 0.0f, p.logprobs = true, p.top_logprobs = 20, p.repetition_penalty = 1.2f; break;
+    }
+  }
+  for (int threads : {1, 3, 0}) {
+    SCOPED_TRACE(threads);
+    std::vector<SamplerState> serial(rows), parallel(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      serial[r].Init(params[r], 42, static_cast<int32_t>(r), prompt);
+      parallel[r].Init(params[r], 42, static_cast<int32_t>(r), prompt);
+    }
+    std::vector<float> scratch;
+    for (int step = 0; step < 3; ++step) {
+      for (float& x : logits) x = nd(rng);
+      std::vector<SamplingJob> jobs(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        jobs[r].logits = logits.data() + r * vocab, jobs[r].sampling = &params[r], jobs[r].state = &parallel[r];
+      }
+      ChooseTokens(absl::MakeSpan(jobs), vocab, threads);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = logits.data() + r * vocab;
+        const int32_t want = ChooseToken(row, vocab, params[r], serial[r], scratch);
+        ASSERT_EQ(jobs[r].token, want) << "row " << r << ", step " << step;
+        if (params[r].logprobs) {
+          float lp = 0;
+          std::vector<TokenLogprob> top;
+          ComputeLogprobs(row, vocab, want, params[r].top_logprobs, &lp, &top);
+          EXPECT_EQ(jobs[r].logprob, lp);
+          ASSERT_EQ(jobs[r].top_logprobs.size(), top.size());
+          for (size_t k = 0; k < top.size(); ++k) {
+            EXPECT_EQ(jobs[r].top_logprobs[k].token, top[k].token);
+            EXPECT_EQ(jobs[r].top_logprobs[k].logprob, top[k].logprob);
+          }
+        } else {
+          EXPECT_TRUE(jobs[r].top_logprobs.empty());
+        }
+        serial[r].Observe(params[r], want);
+        parallel[r].Observe(params[r], want);
+      }
+    }
+    // The random streams advanced alike.
+    for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(serial[r].rng(), parallel[r].rng()) << "row " << r;
+  }
+  ChooseTokens({}, vocab, 4);  // nothing to do
+}
+
+// The engine's tokens do not depend on how many threads choose them.
+TEST_F(EngineTest, SamplingThreadsDoNotChangeTokens) {
+  std::vector<std::vector<int32_t>> first;
+  for (int threads : {1, 4}) {
+    LocalEngine::Options o = SmallOptions();
+    o.sampling_threads = threads;
+    auto engine = MakeEngine(o);
+    auto r = Seeded(RandomPrompt(40, vocab(), 11), 10, 7);
+    r.n = 6;
+    r.sampling.logprobs = true;
+    r.sampling.top_logprobs = 3;
+    Collector c(6);
+    ASSERT_TRUE(engine->Submit(r, c.Callback()).ok());
+    ASSERT_TRUE(c.Wait());
+    std::vector<std::vector<int32_t>> got;
+    for (int i = 0; i < 6; ++i) got.push_back(c.completion(i).tokens);
+    if (first.empty()) {
+      first = got;
+    } else {
+      EXPECT_EQ(got, first);
+    }
+    ExpectAllFree(*engine);
+  }
 }
 
 // Far more demand than KV blocks: sequences are preempted and recomputed, all finish with the
