@@ -92,13 +92,54 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
   thread_local std::vector<int32_t> ids;
   w.resize(static_cast<size_t>(vocab));
   for (int64_t i = 0; i < vocab; ++i) w[i] = std::exp((logits[i] - mx) / s.temperature);
+  auto before = [&](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
   // min_p: drop tokens less likely than min_p times the most likely one.
+  auto kept = [&](int64_t i) { return w[i] >= s.min_p && w[i] > 0; };
+  // top_p alone (the common case): the nucleus is a prefix of the tokens in `before` order, so
+  // when the tokens of weight >= kFew reach top_p of the mass, sorting those few gives the same
+  // prefix as sorting all; the mass is summed over all kept tokens in id order either way.
+  constexpr float kFew = 1e-5f;
+  if (s.top_p < 1.0f && s.top_k <= 0) {
+    ids.clear();
+    double total = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (!kept(i)) continue;
+      total += w[i];
+      if (w[i] >= kFew) ids.push_back(static_cast<int32_t>(i));
+    }
+    const double target = s.top_p * total;
+    const int64_t n = static_cast<int64_t>(ids.size());
+    int64_t keep = 0;
+    for (int64_t sorted = std::min<int64_t>(256, n); sorted > 0; sorted = std::min<int64_t>(sorted * 4, n)) {
+      std::partial_sort(ids.begin(), ids.begin() + sorted, ids.end(), before);
+      double cum = 0;
+      for (int64_t i = 0; i < sorted; ++i) {
+        cum += w[ids[i]];
+        if (cum >= target) {
+          keep = i + 1;
+          break;
+        }
+      }
+      if (keep > 0 || sorted == n) break;
+    }
+    if (keep > 0) {
+      double mass = 0;
+      for (int64_t i = 0; i < keep; ++i) mass += w[ids[i]];
+      const double u = std::uniform_real_distribution<double>(0.0, 1.0)(state.rng) * mass;
+      double acc = 0;
+      for (int64_t i = 0; i < keep; ++i) {
+        acc += w[ids[i]];
+        if (u < acc) return ids[i];
+      }
+      return ids[keep - 1];
+    }
+    // The light tokens matter (a flat distribution): the general path below.
+  }
   ids.clear();
   ids.reserve(static_cast<size_t>(vocab));
   for (int64_t i = 0; i < vocab; ++i) {
-    if (w[i] >= s.min_p && w[i] > 0) ids.push_back(static_cast<int32_t>(i));
+    if (kept(i)) ids.push_back(static_cast<int32_t>(i));
   }
-  auto before = [&](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
   if (s.top_k > 0 && s.top_k < static_cast<int64_t>(ids.size())) {
     std::nth_element(ids.begin(), ids.begin() + s.top_k, ids.end(), before);
     ids.resize(s.top_k);

@@ -496,6 +496,84 @@ TEST(EngineSamplingTest, ChooseTokensEqualsSerialChoices) {
   ChooseTokens({}, vocab, 4);  // nothing to do
 }
 
+// The token choice with temperature, min_p and top_p (no top_k, no penalties) against its
+// definition written out plainly: weights exp((l - max) / T); tokens below min_p (or of weight 0)
+// dropped; the nucleus is the shortest prefix, in (weight desc, id asc) order, whose weight reaches
+// top_p of all kept weight (summed in id order); one uniform draw over the nucleus. Peaked, flat and
+// "light tail" rows (where the tokens of tiny weight hold more than 1 - top_p of the mass).
+int32_t PlainNucleusChoice(const float* l, int64_t vocab, const EngineSampling& s, std::mt19937_64& rng) {
+  const float mx = *std::max_element(l, l + vocab);
+  std::vector<float> w(vocab);
+  for (int64_t i = 0; i < vocab; ++i) w[i] = std::exp((l[i] - mx) / s.temperature);
+  std::vector<int32_t> ids;
+  double total = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (w[i] >= s.min_p && w[i] > 0) ids.push_back(static_cast<int32_t>(i)), total += w[i];
+  }
+  int64_t keep = static_cast<int64_t>(ids.size());
+  if (s.top_p < 1.0f) {
+    std::sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); });
+    double cum = 0;
+    for (int64_t i = 0; i < keep; ++i) {
+      cum += w[ids[i]];
+      if (cum >= s.top_p * total) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  double mass = 0;
+  for (int64_t i = 0; i < keep; ++i) mass += w[ids[i]];
+  const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng) * mass;
+  double acc = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    acc += w[ids[i]];
+    if (u < acc) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+TEST(EngineSamplingTest, NucleusMatchesItsDefinition) {
+  const int64_t vocab = 129280;
+  std::mt19937_64 gen(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int64_t> pick(0, vocab - 1);
+  std::vector<float> l(vocab);
+  std::vector<float> scratch;
+  int checked = 0;
+  for (int kind = 0; kind < 4; ++kind) {
+    for (int row = 0; row < 12; ++row) {
+      EngineSampling s;
+      s.temperature = 0.6f, s.top_p = 0.95f;
+      if (kind == 0) {  // peaked: a body and a few likely tokens
+        for (float& x : l) x = 2.5f * nd(gen);
+        for (int i = 0; i < 16; ++i) l[pick(gen)] += 8.0f + 0.5f * i;
+      } else if (kind == 1) {  // flat: thousands of tokens in the nucleus
+        for (float& x : l) x = 3.0f * nd(gen);
+        s.top_p = 0.9f;
+      } else if (kind == 2) {  // light tail: every other token weighs ~9e-6 of the best
+        s.temperature = 1.0f;
+        for (float& x : l) x = -11.6f + 0.02f * nd(gen);
+        l[pick(gen)] = 0.0f;
+      } else {  // min_p and top_p 1 alternately
+        for (float& x : l) x = 2.5f * nd(gen);
+        for (int i = 0; i < 16; ++i) l[pick(gen)] += 6.0f + 0.3f * i;
+        if (row % 2) s.min_p = 0.05f, s.top_p = 0.8f;
+        else s.top_p = 1.0f, s.temperature = 1.0f;
+      }
+      SamplerState state;
+      state.Init(s, 100 + row, kind, {});
+      std::mt19937_64 ref = state.rng;
+      const int32_t got = ChooseToken(l.data(), vocab, s, state, scratch);
+      const int32_t want = PlainNucleusChoice(l.data(), vocab, s, ref);
+      ASSERT_EQ(got, want) << "kind " << kind << ", row " << row;
+      EXPECT_EQ(state.rng(), ref());  // one draw each
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 48);
+}
+
 // The engine's tokens do not depend on how many threads choose them.
 TEST_F(EngineTest, SamplingThreadsDoNotChangeTokens) {
   std::vector<std::vector<int32_t>> first;
