@@ -59,6 +59,7 @@ namespace {
 using r1::cuda::MbarInit;
 using r1::cuda::MbarWait;
 using r1::cuda::SmemAddr;
+using r1::cuda::TmaLoad2d;
 
 #define CHECK_CUDA(x)                                                                  \
   do {                                                                                 \
@@ -277,15 +278,6 @@ __device__ __forceinline__ void BulkLoad(uint32_t dst, const void* src, uint32_t
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
       "[%3];\n" ::"r"(dst),
       "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-}
-// 2-D TMA box at (column c0, row c1) of the tensor map.
-__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                          uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
-      "%3}], [%4];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
 

@@ -19,6 +19,16 @@ uint64_t SplitMix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// The length of the shortest prefix of ids[0, n) whose weight reaches target; 0: none does.
+int64_t PrefixReaching(const std::vector<int32_t>& ids, int64_t n, const std::vector<float>& w, double target) {
+  double cum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    cum += w[ids[i]];
+    if (cum >= target) return i + 1;
+  }
+  return 0;
+}
+
 bool UsesCounts(const EngineSampling& s) {
   return s.presence_penalty != 0 || s.frequency_penalty != 0;
 }
@@ -99,6 +109,7 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
   // when the tokens of weight >= kFew reach top_p of the mass, sorting those few gives the same
   // prefix as sorting all; the mass is summed over all kept tokens in id order either way.
   constexpr float kFew = 1e-5f;
+  int64_t keep = 0;  // the nucleus: ids[0, keep)
   if (s.top_p < 1.0f && s.top_k <= 0) {
     ids.clear();
     double total = 0;
@@ -109,64 +120,38 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
     }
     const double target = s.top_p * total;
     const int64_t n = static_cast<int64_t>(ids.size());
-    int64_t keep = 0;
     for (int64_t sorted = std::min<int64_t>(256, n); sorted > 0; sorted = std::min<int64_t>(sorted * 4, n)) {
       std::partial_sort(ids.begin(), ids.begin() + sorted, ids.end(), before);
-      double cum = 0;
-      for (int64_t i = 0; i < sorted; ++i) {
-        cum += w[ids[i]];
-        if (cum >= target) {
-          keep = i + 1;
-          break;
-        }
-      }
+      keep = PrefixReaching(ids, sorted, w, target);
       if (keep > 0 || sorted == n) break;
     }
-    if (keep > 0) {
-      double mass = 0;
-      for (int64_t i = 0; i < keep; ++i) mass += w[ids[i]];
-      const double u = std::uniform_real_distribution<double>(0.0, 1.0)(state.rng) * mass;
-      double acc = 0;
-      for (int64_t i = 0; i < keep; ++i) {
-        acc += w[ids[i]];
-        if (u < acc) return ids[i];
-      }
-      return ids[keep - 1];
+    // keep == 0: the light tokens matter (a flat distribution): the general path below.
+  }
+  if (keep == 0) {
+    ids.clear();
+    ids.reserve(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (kept(i)) ids.push_back(static_cast<int32_t>(i));
     }
-    // The light tokens matter (a flat distribution): the general path below.
-  }
-  ids.clear();
-  ids.reserve(static_cast<size_t>(vocab));
-  for (int64_t i = 0; i < vocab; ++i) {
-    if (kept(i)) ids.push_back(static_cast<int32_t>(i));
-  }
-  if (s.top_k > 0 && s.top_k < static_cast<int64_t>(ids.size())) {
-    std::nth_element(ids.begin(), ids.begin() + s.top_k, ids.end(), before);
-    ids.resize(s.top_k);
-  }
-  // top_p: the smallest most-likely prefix holding top_p of the mass; sort only as much as needed.
-  int64_t keep = static_cast<int64_t>(ids.size());
-  if (s.top_p < 1.0f) {
-    double total = 0;
-    for (int32_t i : ids) total += w[i];
-    const double target = s.top_p * total;
-    for (int64_t sorted = std::min<int64_t>(256, keep);;
-         sorted = std::min<int64_t>(sorted * 4, keep)) {
-      std::partial_sort(ids.begin(), ids.begin() + sorted, ids.end(), before);
-      double cum = 0;
-      int64_t cut = -1;
-      for (int64_t i = 0; i < sorted; ++i) {
-        cum += w[ids[i]];
-        if (cum >= target) {
-          cut = i + 1;
+    if (s.top_k > 0 && s.top_k < static_cast<int64_t>(ids.size())) {
+      std::nth_element(ids.begin(), ids.begin() + s.top_k, ids.end(), before);
+      ids.resize(s.top_k);
+    }
+    // top_p: the smallest most-likely prefix holding top_p of the mass; sort only as much as needed.
+    keep = static_cast<int64_t>(ids.size());
+    if (s.top_p < 1.0f) {
+      double total = 0;
+      for (int32_t i : ids) total += w[i];
+      const double target = s.top_p * total;
+      for (int64_t sorted = std::min<int64_t>(256, keep);; sorted = std::min<int64_t>(sorted * 4, keep)) {
+        std::partial_sort(ids.begin(), ids.begin() + sorted, ids.end(), before);
+        const int64_t cut = PrefixReaching(ids, sorted, w, target);
+        if (cut > 0) {
+          keep = cut;
           break;
         }
+        if (sorted == keep) break;  // rounding: keep them all
       }
-      if (cut > 0) {
-        keep = cut;
-        break;
-      }
-      if (sorted == keep) break;  // rounding: keep them all
     }
   }
   double total = 0;

@@ -17,6 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/absorb_fp8.h"
+#include "kernels/cuda/act_type.cuh"
+#include "kernels/cuda/sm90_util.cuh"
 
 namespace r1::cuda {
 namespace {
@@ -27,13 +29,6 @@ constexpr int kRowGroups = 16;
 constexpr int kVWarps = 4;      // ApplyValueFp8: warps per block
 constexpr int kVRows = 4;       // weight rows per warp
 
-__device__ __forceinline__ uint4 LoadStream16(const uint8_t* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 // The 16 e4m3 codes of v as floats (exact: every e4m3 value is a float).
 __device__ __forceinline__ void Decode16(const uint4& v, float (&f)[16]) {
@@ -51,14 +46,6 @@ __device__ __forceinline__ void Decode16(const uint4& v, float (&f)[16]) {
   }
 }
 
-__device__ __forceinline__ float ToFloat(float x) { return x; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 // grid (heads, ceil(kvr / 128)), kQThreads threads.
 template <typename T>

@@ -55,13 +55,6 @@ struct RowArgs {
   int groups_per_warp = 0;  // each warp's share of the groups, a contiguous range
 };
 
-__device__ __forceinline__ uint4 LoadStream16(const uint8_t* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 // Keeps the first `bytes` (0..16) bytes of v, zeroes the rest.
 __device__ __forceinline__ uint4 KeepBytes(uint4 v, int bytes) {

@@ -1,6 +1,7 @@
 // Small pieces shared by the Hopper kernels: the driver's tensor-map encoder (looked up at run
 // time, so the binaries need no link against libcuda), the mbarrier and wgmma-ordering basics of
-// the wgmma kernels, and the e4m3 mma.sync used where wgmma does not fit (a few rows, or shapes
+// the wgmma kernels, the 2-d TMA load and the streaming 16-byte load, and the e4m3 mma.sync used
+// where wgmma does not fit (a few rows, or shapes
 // the wgmma kernels do not take). Pieces whose semantics differ between kernels (e.g. an
 // expect_tx that does or does not also arrive) stay with their kernel.
 #pragma once
@@ -57,6 +58,26 @@ __device__ __forceinline__ void MbarWait(uint32_t bar, int parity) {
 // since, and a commit closing the group of wgmmas issued so far.
 __device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+
+// Box at (column c0, row c1) of a 2-d tensor map into shared memory at dst, completing on the
+// mbarrier bar (its expect_tx counts the box's bytes).
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
+// 16 bytes of a stream read once (a weight at decode): not kept in L1, and the 256-byte L2 line
+// around it fetched with it.
+__device__ __forceinline__ uint4 LoadStream16(const uint8_t* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
 
 // c += a · b on the tensor cores, e4m3 operands (m16n8k32, row-major a, column-major b), float32
 // accumulators. On Hopper this runs as f16 HMMA after converting the operands.

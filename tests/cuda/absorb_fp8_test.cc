@@ -20,6 +20,7 @@ namespace r1 {
 namespace {
 
 using cuda_testing::DeviceBuffer;
+using cuda_testing::RelL2;
 
 struct Shape {
   int64_t heads, nope, rope, v, kvr;
@@ -52,15 +53,6 @@ KvB RandomKvB(const Shape& s, std::mt19937_64& rng) {
       w.deq[r * s.kvr + c] = static_cast<double>(Fp8E4M3ToFloat(q)) * w.scales[(r / 128) * w.scale_stride + c / 128];
     }
   return w;
-}
-
-double RelL2(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 std::vector<float> ToFloats(const std::vector<uint16_t>& b) {

@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -33,6 +35,18 @@ struct DeviceBuffer {
     return v;
   }
 };
+
+// Relative L2 error of a kernel's output against a double-precision reference; infinite if any
+// output is not finite (an unwritten, NaN-poisoned element).
+inline double RelL2(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
 
 }  // namespace r1::cuda_testing
 

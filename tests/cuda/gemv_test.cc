@@ -26,6 +26,7 @@ namespace r1 {
 namespace {
 
 using cuda_testing::DeviceBuffer;
+using cuda_testing::RelL2;
 
 constexpr double kBf16Eps = 1.0 / 256;
 constexpr double kF32Bound = 1e-5;
@@ -84,17 +85,6 @@ std::vector<double> Reference(const std::vector<float>& x, int64_t x_stride, con
         y[r * n + j] = acc;
       }
   return y;
-}
-
-// Relative L2 error; infinite if any output is not finite (an unwritten, poisoned element).
-double RelL2(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 std::vector<float> DownloadBf16(const DeviceBuffer<uint16_t>& b, size_t n) {

@@ -25,6 +25,7 @@ namespace r1 {
 namespace {
 
 using cuda_testing::DeviceBuffer;
+using cuda_testing::RelL2;
 
 // A random FP8 weight [n, k] stored with rows of `stride` codes (zero padding) and its
 // power-of-two-free block scales [ceil(n/128), scale_stride]; `deq` is the exact dequantised value.
@@ -49,15 +50,6 @@ Fp8W RandomFp8(int64_t n, int64_t k, int64_t stride, int64_t scale_stride, std::
     }
   }
   return w;
-}
-
-double RelL2(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 TEST(CudaKernels3, DequantLinearF32MatchesCpu) {
