@@ -237,6 +237,7 @@ void LocalEngine::Deliver(std::vector<Delivery>& out) {
 void LocalEngine::Loop() {
   std::vector<Delivery> out;
   std::vector<SequenceStep> batch;
+  std::vector<RowRequest> requests;
   while (true) {
     std::vector<Sequence*> step;
     std::vector<int64_t> chunks;
@@ -268,6 +269,7 @@ void LocalEngine::Loop() {
       }
       epoch = epoch_;
       batch.resize(step.size());
+      requests.resize(step.size());
       for (size_t i = 0; i < step.size(); ++i) {
         const Sequence* s = step[i];
         batch[i].tokens.assign(s->tokens.begin() + s->computed,
@@ -275,6 +277,15 @@ void LocalEngine::Loop() {
         batch[i].start_position = s->computed;
         batch[i].block_table = s->blocks;
         batch[i].all_logits = false;
+        // After this step the row's token is chosen if the chunk completes what is known and the
+        // request is still live; without penalties the executor may choose it where it is.
+        RowRequest& want = requests[i];
+        want.needed = s->computed + chunks[i] >= static_cast<int64_t>(s->tokens.size());
+        const EngineSampling& sp = s->request->request.sampling;
+        want.choice.reset();
+        if (want.needed && !SamplerState::HasHistory(sp)) {
+          want.choice = RowRequest::Choice{sp, s->sampler.key, s->sampler.draws};
+        }
       }
       if (!step.empty()) {
         stats_.last_batch_size = static_cast<int64_t>(step.size());
@@ -291,10 +302,14 @@ void LocalEngine::Loop() {
       work_cv_.wait_for(lock, std::chrono::milliseconds(not_ready_since_ ? 20 : 2));
       continue;
     }
-    auto logits = executor_->Forward(batch, epoch);
+    auto rows = executor_->ForwardRows(batch, requests, epoch);
+    if (rows.ok() && rows->size() != step.size()) {
+      rows = absl::InternalError(absl::StrCat("the executor answered ", rows->size(), " rows for a step of ",
+                                              step.size()));
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      Finish(step, chunks, logits, &out);
+      Finish(step, chunks, rows, &out);
       ProcessCancellationsLocked(&out);
       deliveries_pending_ += static_cast<int64_t>(out.size());
     }
@@ -452,18 +467,19 @@ void LocalEngine::RegisterFullBlocks(Sequence* seq) {
 }
 
 void LocalEngine::Finish(const std::vector<Sequence*>& step, const std::vector<int64_t>& chunks,
-                         const absl::StatusOr<std::vector<std::vector<float>>>& logits,
-                         std::vector<Delivery>* out) {
+                         absl::StatusOr<std::vector<StepRow>>& rows, std::vector<Delivery>* out) {
   const int64_t vocab = executor_->config().vocab_size;
-  // First the bookkeeping, in step order; then every finished row's token, the rows in parallel
-  // (each touches only its own sampler state); then the events, in step order again.
+  // First the bookkeeping, in step order; then the tokens of the rows the executor answered with
+  // logits, those rows in parallel (each touches only its own sampler state); then the events, in
+  // step order again.
   std::vector<Sequence*> sampled;
   std::vector<SamplingJob> jobs;
+  std::vector<StepRow*> answers;
   for (size_t i = 0; i < step.size(); ++i) {
     Sequence* s = step[i];
     s->in_step = false;
-    if (!logits.ok()) {
-      EndSequence(s, FinishReason::kError, Annotate(logits.status(), "forward step"), out);
+    if (!rows.ok()) {
+      EndSequence(s, FinishReason::kError, Annotate(rows.status(), "forward step"), out);
       continue;
     }
     const int64_t before = s->computed;
@@ -472,10 +488,31 @@ void LocalEngine::Finish(const std::vector<Sequence*>& step, const std::vector<i
         0, std::min(s->computed, s->prompt_len) - std::min(before, s->prompt_len));
     RegisterFullBlocks(s);
     if (s->computed < static_cast<int64_t>(s->tokens.size()) || s->request->cancelled) continue;
+    StepRow& row = (*rows)[i];
+    if (!row.token && static_cast<int64_t>(row.logits.size()) != vocab) {
+      EndSequence(s, FinishReason::kError,
+                  absl::InternalError(absl::StrCat("the executor sent neither a token nor ", vocab, " logits (",
+                                                   row.logits.size(), ")")),
+                  out);
+      continue;
+    }
+    if (row.token && (*row.token < 0 || *row.token >= vocab)) {
+      EndSequence(s, FinishReason::kError,
+                  absl::InternalError(absl::StrCat("the executor chose token ", *row.token, " outside the vocabulary")),
+                  out);
+      continue;
+    }
     SamplingJob job;
-    job.logits = (*logits)[i].data();
     job.sampling = &s->request->request.sampling;
     job.state = &s->sampler;
+    if (row.token) {
+      job.token = *row.token;  // chosen where the logits are: the stream moves on as it would have here
+      job.logprob = row.logprob;
+      job.top_logprobs = std::move(row.top_logprobs);
+      s->sampler.SkipChoice(*job.sampling);
+    } else {
+      job.logits = row.logits.data();
+    }
     jobs.push_back(std::move(job));
     sampled.push_back(s);
   }

@@ -116,10 +116,10 @@ class LocalEngine : public Engine {
   int64_t Admit(Sequence* seq, int64_t budget);
   void Preempt(Sequence* seq);
   void RegisterFullBlocks(Sequence* seq);
-  // Applies a step's logits: samples, checks stops, queues events.
+  // Applies a step's answers: takes the tokens the executor chose or chooses them from the
+  // logits, checks stops, queues events.
   void Finish(const std::vector<Sequence*>& step, const std::vector<int64_t>& chunks,
-              const absl::StatusOr<std::vector<std::vector<float>>>& logits,
-              std::vector<Delivery>* out);
+              absl::StatusOr<std::vector<StepRow>>& rows, std::vector<Delivery>* out);
   // Releases the sequence's blocks and queues its final event (`last` carries a new token).
   void EndSequence(Sequence* seq, FinishReason reason, const absl::Status& error,
                    std::vector<Delivery>* out, std::optional<GenerationEvent> last = std::nullopt);

@@ -63,7 +63,9 @@ absl::Status ValidateEngineSampling(const EngineSampling& s) {
 
 void SamplerState::Init(const EngineSampling& s, uint64_t seed, int32_t index,
                         absl::Span<const int32_t> prompt) {
-  rng.seed(SplitMix(seed ^ SplitMix(static_cast<uint64_t>(index) + 1)));
+  key = SplitMix(seed ^ SplitMix(static_cast<uint64_t>(index) + 1));
+  draws = 0;
+  rng.seed(key);
   generated.clear();
   seen.clear();
   if (s.repetition_penalty != 1.0f) {
@@ -74,6 +76,24 @@ void SamplerState::Init(const EngineSampling& s, uint64_t seed, int32_t index,
 void SamplerState::Observe(const EngineSampling& s, int32_t token) {
   if (UsesCounts(s)) ++generated[token];
   if (s.repetition_penalty != 1.0f) ++seen[token];
+}
+
+void SamplerState::SkipChoice(const EngineSampling& s) {
+  if (s.temperature > 0) {
+    rng.discard(1);
+    ++draws;
+  }
+}
+
+bool SamplerState::HasHistory(const EngineSampling& s) { return UsesCounts(s) || s.repetition_penalty != 1.0f; }
+
+SamplerState SamplerState::FromStream(uint64_t key, uint64_t draws) {
+  SamplerState st;
+  st.key = key;
+  st.draws = draws;
+  st.rng.seed(key);
+  st.rng.discard(draws);
+  return st;
 }
 
 int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, SamplerState& state,
@@ -156,7 +176,8 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
   }
   double total = 0;
   for (int64_t i = 0; i < keep; ++i) total += w[ids[i]];
-  const double u = std::uniform_real_distribution<double>(0.0, 1.0)(state.rng) * total;
+  const double u = std::uniform_real_distribution<double>(0.0, 1.0)(state.rng) * total;  // one number
+  ++state.draws;
   double cum = 0;
   for (int64_t i = 0; i < keep; ++i) {
     cum += w[ids[i]];
@@ -177,6 +198,7 @@ void ChooseTokens(absl::Span<SamplingJob> jobs, int64_t vocab, int threads) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i) {
       SamplingJob& j = jobs[i];
+      if (j.logits == nullptr) continue;  // chosen already
       j.token = ChooseToken(j.logits, vocab, *j.sampling, *j.state, scratch);
       if (j.sampling->logprobs) {
         ComputeLogprobs(j.logits, vocab, j.token, j.sampling->top_logprobs, &j.logprob, &j.top_logprobs);

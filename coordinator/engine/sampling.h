@@ -21,6 +21,11 @@ absl::Status ValidateEngineSampling(const EngineSampling& s);
 // What one sequence remembers between tokens for its sampling.
 struct SamplerState {
   std::mt19937_64 rng;
+  // The stream the RNG runs: seeded with `key`, `draws` numbers taken so far (ChooseToken takes one
+  // per token when the temperature is above 0, none when greedy). (key, draws) is all another
+  // process needs to make the same choice (FromStream), e.g. a worker holding the logits.
+  uint64_t key = 0;
+  uint64_t draws = 0;
   // Occurrences of each token: `generated` among the new tokens (presence / frequency penalties),
   // `seen` in prompt + new tokens (repetition penalty). Filled only when a penalty is on.
   absl::flat_hash_map<int32_t, int32_t> generated;
@@ -31,6 +36,13 @@ struct SamplerState {
   void Init(const EngineSampling& s, uint64_t seed, int32_t index,
             absl::Span<const int32_t> prompt);
   void Observe(const EngineSampling& s, int32_t token);
+  // The state after a choice made elsewhere from this state's stream: the RNG advanced as
+  // ChooseToken would have advanced it.
+  void SkipChoice(const EngineSampling& s);
+  // Whether the choice depends on more than (sampling, key, draws): the penalties' token counts.
+  static bool HasHistory(const EngineSampling& s);
+  // A state without history at stream position (key, draws).
+  static SamplerState FromStream(uint64_t key, uint64_t draws);
 };
 
 // Picks the next token from raw logits [vocab]. Greedy (temperature 0) picks the lowest id among
@@ -40,7 +52,7 @@ int32_t ChooseToken(const float* logits, int64_t vocab, const EngineSampling& s,
 
 // One row of a step's sampling: its inputs, and what ChooseTokens fills in.
 struct SamplingJob {
-  const float* logits = nullptr;  // [vocab], raw
+  const float* logits = nullptr;  // [vocab], raw; null: token (and logprobs) already chosen
   const EngineSampling* sampling = nullptr;
   SamplerState* state = nullptr;  // its RNG advances as ChooseToken's does; Observe is the caller's
   int32_t token = -1;

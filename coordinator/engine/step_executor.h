@@ -11,15 +11,39 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/config.h"
+#include "coordinator/engine/engine.h"
 #include "worker/kv_cache.h"
 #include "worker/model/deepseek_v3.h"
 
 namespace r1 {
+
+// What the engine needs back for one row of a step (ForwardRows).
+struct RowRequest {
+  // false: the row's token is not chosen after this step (a prefill chunk before the last), so
+  // nothing of it need come back.
+  bool needed = true;
+  // Set: the executor may choose the token itself where the logits are (ChooseToken with this
+  // sampling and SamplerState::FromStream(rng_key, draws)) and return it instead of the logits.
+  // Only for rows whose choice has no history (SamplerState::HasHistory false).
+  struct Choice {
+    EngineSampling sampling;
+    uint64_t rng_key = 0, draws = 0;
+  };
+  std::optional<Choice> choice;
+};
+// One row's answer: the chosen token (with its logprobs when asked), or the logits.
+struct StepRow {
+  std::optional<int32_t> token;
+  float logprob = 0.0f;
+  std::vector<TokenLogprob> top_logprobs;
+  std::vector<float> logits;  // [vocab] when no token
+};
 
 class StepExecutor {
  public:
@@ -35,6 +59,12 @@ class StepExecutor {
   // cache_epoch() the engine scheduled against: a step on a cache of another epoch must fail.
   virtual absl::StatusOr<std::vector<std::vector<float>>> Forward(
       const std::vector<SequenceStep>& batch, uint64_t epoch) = 0;
+  // Runs one step and answers each row as asked. The default returns every row's logits
+  // (Forward); an executor whose logits are costly to move (PoolExecutor: 517 KB per row for R1,
+  // over the network) chooses the tokens where they are.
+  virtual absl::StatusOr<std::vector<StepRow>> ForwardRows(const std::vector<SequenceStep>& batch,
+                                                           const std::vector<RowRequest>& requests,
+                                                           uint64_t epoch);
   // Whether steps can run now; otherwise `why` says what is missing.
   virtual bool Ready(std::string* why) const = 0;
   // Changes whenever content written by earlier steps may be gone.

@@ -48,10 +48,24 @@ uint64_t PoolExecutor::cache_epoch() const {
 
 absl::StatusOr<std::vector<std::vector<float>>> PoolExecutor::Forward(
     const std::vector<SequenceStep>& batch, uint64_t epoch) {
+  R1_ASSIGN_OR_RETURN(std::vector<StepRow> rows, ForwardRows(batch, std::vector<RowRequest>(batch.size()), epoch));
+  std::vector<std::vector<float>> logits(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) logits[i] = std::move(rows[i].logits);
+  return logits;
+}
+
+absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector<SequenceStep>& batch,
+                                                               const std::vector<RowRequest>& requests,
+                                                               uint64_t epoch) {
+  if (requests.size() != batch.size()) {
+    return absl::InternalError(absl::StrCat(requests.size(), " row requests for a step of ", batch.size()));
+  }
   pb::Step step;
-  for (const SequenceStep& s : batch) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceStep& s = batch[i];
     pb::SequenceStep* out = step.add_sequences();
-    // Sampling happens in the engine: the id only has to be unique among the step's entries.
+    // Sampling happens in the engine (or for it, on rank 0): the id only has to be unique among
+    // the step's entries.
     out->set_sequence_id(static_cast<uint64_t>(step.sequences_size()));
     out->mutable_tokens()->Assign(s.tokens.begin(), s.tokens.end());
     out->set_start_position(s.start_position);
@@ -62,7 +76,20 @@ absl::StatusOr<std::vector<std::vector<float>>> PoolExecutor::Forward(
       out->add_block_table(blocks_[b]);
     }
     out->set_sample(false);
-    out->set_return_logits(true);
+    const RowRequest& want = requests[i];
+    if (want.choice) {
+      const EngineSampling& sp = want.choice->sampling;
+      pb::EngineChoice* c = out->mutable_choose();
+      c->set_temperature(sp.temperature);
+      c->set_top_p(sp.top_p);
+      c->set_top_k(sp.top_k);
+      c->set_min_p(sp.min_p);
+      c->set_rng_key(want.choice->rng_key);
+      c->set_draws(want.choice->draws);
+      c->set_logprobs(sp.logprobs);
+      c->set_top_logprobs(sp.top_logprobs);
+    }
+    out->set_return_logits(want.needed && !want.choice);
   }
   if (epoch == 0) return absl::UnavailableError("the workers are not ready");
   R1_ASSIGN_OR_RETURN(pb::StepResult result, pool_->RunStep(std::move(step), epoch));
@@ -70,16 +97,24 @@ absl::StatusOr<std::vector<std::vector<float>>> PoolExecutor::Forward(
     return absl::InternalError(absl::StrCat("rank 0 answered ", result.sequences_size(),
                                             " sequences for a step of ", batch.size()));
   }
-  std::vector<std::vector<float>> logits(batch.size());
+  std::vector<StepRow> rows(batch.size());
   for (size_t i = 0; i < batch.size(); ++i) {
-    const auto& row = result.sequences(static_cast<int>(i)).logits();
-    if (row.size() != config_.vocab_size) {
-      return absl::InternalError(absl::StrCat("rank 0 sent ", row.size(), " logits for sequence ", i,
+    const pb::SequenceResult& r = result.sequences(static_cast<int>(i));
+    const RowRequest& want = requests[i];
+    if (want.choice) {
+      rows[i].token = r.token();
+      rows[i].logprob = r.logprob();
+      for (const pb::TokenLogprob& t : r.top_logprobs()) rows[i].top_logprobs.push_back({t.token(), t.logprob()});
+      continue;
+    }
+    if (!want.needed) continue;
+    if (r.logits_size() != config_.vocab_size) {
+      return absl::InternalError(absl::StrCat("rank 0 sent ", r.logits_size(), " logits for sequence ", i,
                                               "; the vocabulary has ", config_.vocab_size));
     }
-    logits[i].assign(row.begin(), row.end());
+    rows[i].logits.assign(r.logits().begin(), r.logits().end());
   }
-  return logits;
+  return rows;
 }
 
 }  // namespace r1

@@ -37,6 +37,11 @@ class PoolExecutor : public StepExecutor {
   }
   absl::StatusOr<std::vector<std::vector<float>>> Forward(const std::vector<SequenceStep>& batch,
                                                           uint64_t epoch) override;
+  // Rows with a choice are chosen on rank 0 (worker.proto EngineChoice): a token and its
+  // logprobs come back instead of vocab_size floats; rows not needed bring nothing back.
+  absl::StatusOr<std::vector<StepRow>> ForwardRows(const std::vector<SequenceStep>& batch,
+                                                   const std::vector<RowRequest>& requests,
+                                                   uint64_t epoch) override;
   bool Ready(std::string* why) const override;
   uint64_t cache_epoch() const override;
 

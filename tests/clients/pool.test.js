@@ -1,7 +1,8 @@
 // The public APIs served by r1-coordinator --http-listen over a group of two r1-worker processes
 // (the registration path, ranks from LWS_WORKER_INDEX as in Kubernetes), on the tiny model, driven
 // by the openai npm client and compared with `r1 serve` (one process) on the same model: the same
-// text and token logprobs for greedy and seeded requests, streamed or not, alone or together. Then
+// text and token logprobs for greedy and seeded requests (tokens chosen on rank 0, or from the
+// logits where penalties need the history), streamed or not, alone or together. Then
 // a worker is killed mid-stream: the stream ends with an error and no wrong token, /ready says 503
 // while the group is short, and when the worker comes back the group serves the same text again
 // with every KV block returned.
@@ -88,6 +89,10 @@ const requests = [
   { kind: "completions", body: { model: "tiny-r1", prompt: "The capital of France is", max_tokens: 20, temperature: 0, logprobs: 2 } },
   { kind: "chat", body: { model: "tiny-r1", messages: [{ role: "user", content: "Say hi" }], max_tokens: 24, temperature: 0.8, seed: 11 } },
   { kind: "chat", body: { model: "tiny-r1", messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "2+2?" }], max_tokens: 16, temperature: 0 } },
+  // Chosen on rank 0 with min_p and top_logprobs; penalties keep the logits path (their choice
+  // needs the sequence's history).
+  { kind: "completions", body: { model: "tiny-r1", prompt: "Once there was", max_tokens: 18, temperature: 0.9, top_p: 0.9, seed: 3, logprobs: 3 } },
+  { kind: "chat", body: { model: "tiny-r1", messages: [{ role: "user", content: "Name a color" }], max_tokens: 20, temperature: 0.7, seed: 8, presence_penalty: 0.6, frequency_penalty: 0.4 } },
 ];
 
 async function run(base, { kind, body }, stream = false) {

@@ -714,21 +714,21 @@ scenarios.checkpoint = async () => {
 };
 
 scenarios.version = async () => {
-  require_(E.R1C_WORKER_V2 && fs.existsSync(E.R1C_WORKER_V2), "R1C_WORKER_V2: a worker of another protocol version");
+  require_(E.R1C_WORKER_OTHER && fs.existsSync(E.R1C_WORKER_OTHER), "R1C_WORKER_OTHER: a worker of another protocol version");
   await up("registration");
   // A worker of another release appears while the group serves: refused, nobody disturbed.
   const { result: inFlight } = await longStreamUnderway();
   const tIntruder = now();
-  const intruder = startWorker(1, { host: "w2", binary: E.R1C_WORKER_V2 });
+  const intruder = startWorker(1, { host: "w2", binary: E.R1C_WORKER_OTHER });
   const code = await Promise.race([intruder.exited, sleep(20000).then(() => "still running")]);
   const refusedS = (now() - tIntruder) / 1000;
-  check(code === 1 && /protocol version 2/.test(intruder.output()), `another release on w2 is refused: "${(intruder.output().match(/r1-worker: error: .*/) || [""])[0]}"`);
+  check(code === 1 && /protocol version 99/.test(intruder.output()), `another release on w2 is refused: "${(intruder.output().match(/r1-worker: error: .*/) || [""])[0]}"`);
   const r = await inFlight;
   const ref = await want(LONG);
   check(r.done && r.tokens.length === ref.tokens.length && isPrefix(r, ref), "the request in flight completed with the reference's tokens");
   check(watch.statusesBetween(tIntruder, now()).every((s) => s === 200), "the group stayed ready");
-  const x = await badReplacement("another release", () => startWorker(1, { binary: E.R1C_WORKER_V2 }), /protocol version 2/);
-  result({ fault: "a worker of another build (protocol version 2) joins, then replaces rank 1",
+  const x = await badReplacement("another release", () => startWorker(1, { binary: E.R1C_WORKER_OTHER }), /protocol version 99/);
+  result({ fault: "a worker of another build (protocol version 99) joins, then replaces rank 1",
            client: `in flight: ${describe(r, ref)}; as a replacement: 503 not ready until the right build registered`,
            detect_s: +Math.min(refusedS, x.refusedS).toFixed(3), recover_s: +x.recoverS.toFixed(3),
            recover_from: "the right build started", refusal: x.line });

@@ -5,7 +5,7 @@
 # and process of the run on the way out, whatever happened. Exit 77 (CTest's SKIP_RETURN_CODE)
 # when this machine cannot make network namespaces, with the reason.
 # Needs R1C_COORDINATOR, R1C_WORKER, R1C_R1, R1C_MODEL (and per scenario R1C_MPIRUN,
-# R1C_WORKER_V2, R1C_OTHER_MODEL, R1C_LINKEM); CMake sets them (tests/cluster/CMakeLists.txt).
+# R1C_WORKER_OTHER, R1C_OTHER_MODEL, R1C_LINKEM); CMake sets them (tests/cluster/CMakeLists.txt).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 scenario=${1:?usage: run.sh SCENARIO}

@@ -574,6 +574,111 @@ TEST(EngineSamplingTest, NucleusMatchesItsDefinition) {
   EXPECT_EQ(checked, 48);
 }
 
+// A sampler's stream position (key, draws) is all another process needs to make its choice
+// (PoolExecutor's rank-0 choices): FromStream reproduces every choice, greedy steps take no
+// number, and SkipChoice moves the stream as a choice made here would.
+TEST(EngineSamplingTest, StreamPositionReproducesTheChoice) {
+  const int64_t vocab = 5000;
+  std::mt19937_64 gen(3);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> l(vocab), scratch;
+  EngineSampling hot, greedy;
+  hot.temperature = 0.8f, hot.top_p = 0.9f, hot.min_p = 0.01f;
+  greedy.temperature = 0.0f;
+  SamplerState here, skipped;
+  here.Init(hot, 77, 2, {});
+  skipped.Init(hot, 77, 2, {});
+  EXPECT_EQ(here.key, skipped.key);
+  EXPECT_FALSE(SamplerState::HasHistory(hot));
+  for (int step = 0; step < 30; ++step) {
+    for (float& x : l) x = nd(gen);
+    const EngineSampling& s = step % 3 == 2 ? greedy : hot;
+    SamplerState there = SamplerState::FromStream(here.key, here.draws);
+    const uint64_t before = here.draws;
+    const int32_t want = ChooseToken(l.data(), vocab, s, here, scratch);
+    EXPECT_EQ(ChooseToken(l.data(), vocab, s, there, scratch), want) << "step " << step;
+    EXPECT_EQ(here.draws, before + (s.temperature > 0 ? 1 : 0));
+    EXPECT_EQ(there.draws, here.draws);
+    skipped.SkipChoice(s);
+    EXPECT_EQ(skipped.draws, here.draws);
+  }
+  EXPECT_EQ(skipped.rng(), here.rng());
+  EngineSampling penalised = hot;
+  penalised.presence_penalty = 0.5f;
+  EXPECT_TRUE(SamplerState::HasHistory(penalised));
+  penalised = hot;
+  penalised.repetition_penalty = 1.1f;
+  EXPECT_TRUE(SamplerState::HasHistory(penalised));
+}
+
+// An executor that chooses the tokens itself (as PoolExecutor's rank 0 does) gives the engine's
+// tokens and logprobs: rows with penalties come back as logits, the others as tokens.
+class ChoosingExecutor : public ModelExecutor {
+ public:
+  using ModelExecutor::ModelExecutor;
+  absl::StatusOr<std::vector<StepRow>> ForwardRows(const std::vector<SequenceStep>& batch,
+                                                   const std::vector<RowRequest>& requests, uint64_t epoch) override {
+    auto logits = Forward(batch, epoch);
+    if (!logits.ok()) return logits.status();
+    std::vector<StepRow> rows(batch.size());
+    std::vector<float> scratch;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!requests[i].needed) continue;
+      if (!requests[i].choice) {
+        rows[i].logits = std::move((*logits)[i]);
+        ++logit_rows;
+        continue;
+      }
+      const auto& c = *requests[i].choice;
+      SamplerState st = SamplerState::FromStream(c.rng_key, c.draws);
+      const float* row = (*logits)[i].data();
+      const int64_t vocab = config().vocab_size;
+      rows[i].token = ChooseToken(row, vocab, c.sampling, st, scratch);
+      if (c.sampling.logprobs) {
+        ComputeLogprobs(row, vocab, *rows[i].token, c.sampling.top_logprobs, &rows[i].logprob, &rows[i].top_logprobs);
+      }
+      ++chosen_rows;
+    }
+    return rows;
+  }
+  std::atomic<int> chosen_rows{0}, logit_rows{0};
+};
+
+TEST_F(EngineTest, TokensChosenByTheExecutorEqualTheEngines) {
+  auto run = [&](bool choosing, std::shared_ptr<ChoosingExecutor>* keep) {
+    LocalEngine::Options o = SmallOptions();
+    if (choosing) {
+      *keep = std::make_shared<ChoosingExecutor>(GoldenA());
+      o.executor = *keep;
+    }
+    auto engine = MakeEngine(o);
+    std::vector<GenerationRequest> reqs;
+    reqs.push_back(Seeded(RandomPrompt(20, vocab(), 1), 9, 5));
+    reqs.push_back(Greedy(RandomPrompt(35, vocab(), 2), 7));
+    reqs.push_back(Seeded(RandomPrompt(50, vocab(), 3), 8, 6));
+    reqs[2].sampling.presence_penalty = 0.5f;  // history: logits
+    reqs[0].sampling.logprobs = true, reqs[0].sampling.top_logprobs = 4;
+    std::vector<Completion> out;
+    for (auto& r : reqs) out.push_back(RunAlone(*engine, r));
+    ExpectAllFree(*engine);
+    return out;
+  };
+  std::shared_ptr<ChoosingExecutor> exec;
+  const auto want = run(false, nullptr), got = run(true, &exec);
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << "request " << i;
+    ASSERT_EQ(got[i].events.size(), want[i].events.size());
+    for (size_t e = 0; e < want[i].events.size(); ++e) {
+      EXPECT_EQ(got[i].events[e].logprob, want[i].events[e].logprob);
+      ASSERT_EQ(got[i].events[e].top_logprobs.size(), want[i].events[e].top_logprobs.size());
+    }
+  }
+  EXPECT_GT(got[0].tokens.size(), 0u);
+  EXPECT_EQ(exec->chosen_rows.load(), static_cast<int>(got[0].tokens.size() + got[1].tokens.size()));
+  EXPECT_EQ(exec->logit_rows.load(), static_cast<int>(got[2].tokens.size()));
+}
+
 // The engine's tokens do not depend on how many threads choose them.
 TEST_F(EngineTest, SamplingThreadsDoNotChangeTokens) {
   std::vector<std::vector<int32_t>> first;

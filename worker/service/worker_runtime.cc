@@ -27,6 +27,7 @@
 #include "worker/model/deepseek_v3.h"
 #include "worker/parallel/gloo_communicator.h"
 #include "worker/parallel/mpi_communicator.h"
+#include "coordinator/engine/sampling.h"
 #include "worker/sampler.h"
 #include "worker/service/grpc_store.h"
 
@@ -456,12 +457,49 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     R1_ASSIGN_OR_RETURN(auto logits, model_->Forward(batch, *cache_));
     if (rank_ != 0) return absl::OkStatus();  // rank 0 samples; the others only acknowledge
     const int64_t vocab = model_->config().vocab_size;
+    // The serving engine's choices (EngineChoice), the rows in parallel, as the coordinator would
+    // make them from these logits.
+    std::vector<EngineSampling> choice_params(step.sequences_size());
+    std::vector<SamplerState> choice_states(step.sequences_size());
+    std::vector<SamplingJob> jobs;
+    std::vector<int> job_rows;
+    for (int i = 0; i < step.sequences_size(); ++i) {
+      const pb::SequenceStep& s = step.sequences(i);
+      if (!s.has_choose()) continue;
+      const pb::EngineChoice& c = s.choose();
+      EngineSampling& es = choice_params[i];
+      es.temperature = c.temperature(), es.top_p = c.top_p(), es.top_k = c.top_k(), es.min_p = c.min_p();
+      es.logprobs = c.logprobs(), es.top_logprobs = c.top_logprobs();
+      R1_RETURN_IF_ERROR(ValidateEngineSampling(es));
+      choice_states[i] = SamplerState::FromStream(c.rng_key(), c.draws());
+      SamplingJob job;
+      job.logits = logits[i].data();
+      job.sampling = &es;
+      job.state = &choice_states[i];
+      jobs.push_back(std::move(job));
+      job_rows.push_back(i);
+    }
+    ChooseTokens(absl::MakeSpan(jobs), vocab, /*threads=*/0);
+    std::vector<const SamplingJob*> chosen(step.sequences_size(), nullptr);
+    for (size_t j = 0; j < jobs.size(); ++j) chosen[job_rows[j]] = &jobs[j];
     for (int i = 0; i < step.sequences_size(); ++i) {
       const pb::SequenceStep& s = step.sequences(i);
       pb::SequenceResult* out = result->add_sequences();
       out->set_sequence_id(s.sequence_id());
       const std::vector<float>& row = logits[i];  // the last new token's logits [vocab]
       if (s.return_logits()) out->mutable_logits()->Assign(row.begin(), row.end());
+      if (const SamplingJob* j = chosen[i]) {
+        out->set_token(j->token);
+        if (j->sampling->logprobs) {
+          out->set_logprob(j->logprob);
+          for (const TokenLogprob& t : j->top_logprobs) {
+            pb::TokenLogprob* o = out->add_top_logprobs();
+            o->set_token(t.token);
+            o->set_logprob(t.logprob);
+          }
+        }
+        continue;
+      }
       if (!s.sample()) continue;
       const SamplingParams params{s.sampling().temperature(), s.sampling().top_p(), s.sampling().top_k(),
                                   s.sampling().seed()};
