@@ -47,14 +47,14 @@ bool WaitForSignal(const sigset_t& signals, std::chrono::milliseconds timeout) {
 int ServeApis(r1::WorkerPool& pool, const r1::PoolOptions& pool_options, const std::string& model_dir,
               const std::string& http_listen, r1::ServeOptions serve, r1::LocalEngine::Options engine_options,
               double drain_timeout, double max_body_mb, double not_ready_timeout, double startup_timeout,
-              std::string* reason) {
+              bool logits_to_coordinator, std::string* reason) {
   auto config = r1::LoadModelConfig(model_dir);
   if (!config.ok()) {
     std::fprintf(stderr, "r1-coordinator: error: --model %s: %s\n", model_dir.c_str(),
                  std::string(config.status().message()).c_str());
     return 1;
   }
-  auto executor = r1::PoolExecutor::Create(&pool, *config);
+  auto executor = r1::PoolExecutor::Create(&pool, *config, /*choose_on_rank0=*/!logits_to_coordinator);
   if (!executor.ok()) {
     std::fprintf(stderr, "r1-coordinator: error: %s\n", std::string(executor.status().message()).c_str());
     return 1;
@@ -178,6 +178,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch-size", engine_options.max_batch_size, "Sequences per forward step")->capture_default_str();
   app.add_option("--max-step-tokens", engine_options.max_step_tokens, "Token budget of one step (chunked prefill)")
       ->capture_default_str();
+  bool logits_to_coordinator = false;
+  app.add_flag("--logits-to-coordinator", logits_to_coordinator,
+               "Bring every row's logits (vocab x 4 bytes) from rank 0 and choose the tokens here, instead of "
+               "rank 0 choosing them with this process's sampler state (same tokens; for comparison)");
   app.add_option("--sampling-threads", engine_options.sampling_threads,
                  "Threads choosing each step's tokens, one sequence each (0: every core); the tokens do not depend on it")
       ->check(CLI::NonNegativeNumber)
@@ -248,7 +252,7 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   if (serving) {
     exit_code = ServeApis(pool, pool_options, model_dir, http_listen, serve, engine_options, drain_timeout,
-                          max_body_mb, not_ready_timeout, startup_timeout, &reason);
+                          max_body_mb, not_ready_timeout, startup_timeout, logits_to_coordinator, &reason);
     pool.Shutdown(reason);
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     server->Wait();

@@ -7,9 +7,9 @@ namespace r1 {
 
 namespace pb = worker::v1;
 
-absl::StatusOr<std::unique_ptr<PoolExecutor>> PoolExecutor::Create(WorkerPool* pool,
-                                                                   ModelConfig config) {
-  std::unique_ptr<PoolExecutor> e(new PoolExecutor(pool, std::move(config)));
+absl::StatusOr<std::unique_ptr<PoolExecutor>> PoolExecutor::Create(WorkerPool* pool, ModelConfig config,
+                                                                   bool choose_on_rank0) {
+  std::unique_ptr<PoolExecutor> e(new PoolExecutor(pool, std::move(config), choose_on_rank0));
   auto blocks = pool->AllocateBlocks(pool->options().kv_blocks);
   if (!blocks.ok()) return Annotate(blocks.status(), "taking the workers' KV blocks for the scheduler");
   e->blocks_ = std::move(*blocks);
@@ -77,7 +77,7 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
     }
     out->set_sample(false);
     const RowRequest& want = requests[i];
-    if (want.choice) {
+    if (want.choice && choose_on_rank0_) {
       const EngineSampling& sp = want.choice->sampling;
       pb::EngineChoice* c = out->mutable_choose();
       c->set_temperature(sp.temperature);
@@ -89,7 +89,7 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
       c->set_logprobs(sp.logprobs);
       c->set_top_logprobs(sp.top_logprobs);
     }
-    out->set_return_logits(want.needed && !want.choice);
+    out->set_return_logits(want.needed && !(want.choice && choose_on_rank0_));
   }
   if (epoch == 0) return absl::UnavailableError("the workers are not ready");
   R1_ASSIGN_OR_RETURN(pb::StepResult result, pool_->RunStep(std::move(step), epoch));
@@ -101,7 +101,7 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
   for (size_t i = 0; i < batch.size(); ++i) {
     const pb::SequenceResult& r = result.sequences(static_cast<int>(i));
     const RowRequest& want = requests[i];
-    if (want.choice) {
+    if (want.choice && choose_on_rank0_) {
       rows[i].token = r.token();
       rows[i].logprob = r.logprob();
       for (const pb::TokenLogprob& t : r.top_logprobs()) rows[i].top_logprobs.push_back({t.token(), t.logprob()});

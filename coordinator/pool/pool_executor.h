@@ -26,7 +26,10 @@ class PoolExecutor : public StepExecutor {
  public:
   // `config` is the coordinator's copy of the model's config.json (its --model folder): the
   // group's rank 0 must report the same vocabulary and EOS, or the executor stays not ready.
-  static absl::StatusOr<std::unique_ptr<PoolExecutor>> Create(WorkerPool* pool, ModelConfig config);
+  // `choose_on_rank0`: rows without sampling history have their tokens chosen on rank 0
+  // (ForwardRows); false: every needed row's logits come here.
+  static absl::StatusOr<std::unique_ptr<PoolExecutor>> Create(WorkerPool* pool, ModelConfig config,
+                                                              bool choose_on_rank0 = true);
   ~PoolExecutor() override;
 
   const ModelConfig& config() const override { return config_; }
@@ -46,12 +49,14 @@ class PoolExecutor : public StepExecutor {
   uint64_t cache_epoch() const override;
 
  private:
-  PoolExecutor(WorkerPool* pool, ModelConfig config) : pool_(pool), config_(std::move(config)) {}
+  PoolExecutor(WorkerPool* pool, ModelConfig config, bool choose_on_rank0)
+      : pool_(pool), config_(std::move(config)), choose_on_rank0_(choose_on_rank0) {}
   // The group's model, checked against config_; the reason when not ready.
   absl::StatusOr<uint64_t> CheckedGroup() const;
 
   WorkerPool* pool_;
   ModelConfig config_;
+  bool choose_on_rank0_ = true;
   std::vector<int32_t> blocks_;  // the engine's block i is the pool's blocks_[i]
   mutable std::atomic<uint64_t> last_group_{0};
 };
