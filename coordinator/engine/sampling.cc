@@ -217,12 +217,18 @@ void ComputeLogprobs(const float* logits, int64_t vocab, int32_t token, int32_t 
   top->clear();
   if (top_n <= 0) return;
   const int64_t n = std::min<int64_t>(top_n, vocab);
-  std::vector<int32_t> ids(vocab);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
-  for (int64_t i = 0; i < n; ++i) top->push_back({ids[i], logits[ids[i]] - lse});
+  // The n best in (logit desc, id asc) order, in one pass: a short sorted list that most ids
+  // leave at the first comparison (ids come in ascending order, so a tie never displaces).
+  std::vector<int32_t> best;
+  best.reserve(static_cast<size_t>(n) + 1);
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (static_cast<int64_t>(best.size()) == n && !(logits[i] > logits[best.back()])) continue;
+    auto pos = std::upper_bound(best.begin(), best.end(), logits[i],
+                                [&](float v, int32_t b) { return v > logits[b]; });
+    best.insert(pos, static_cast<int32_t>(i));
+    if (static_cast<int64_t>(best.size()) > n) best.pop_back();
+  }
+  for (int32_t id : best) top->push_back({id, logits[id] - lse});
 }
 
 }  // namespace r1

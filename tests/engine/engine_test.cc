@@ -679,6 +679,34 @@ TEST_F(EngineTest, TokensChosenByTheExecutorEqualTheEngines) {
   EXPECT_EQ(exec->logit_rows.load(), static_cast<int>(got[2].tokens.size()));
 }
 
+// ComputeLogprobs' alternatives are the top_n logits in (logit desc, id asc) order, ties included
+// (logits rounded to a coarse grid, so many tie), each with its log-softmax.
+TEST(EngineSamplingTest, TopLogprobsAreTheBestInOrder) {
+  const int64_t vocab = 3000;
+  std::mt19937_64 gen(12);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> l(vocab);
+  for (int trial = 0; trial < 20; ++trial) {
+    for (float& x : l) x = std::round(nd(gen) * 2.0f) / 2.0f;
+    std::vector<int32_t> order(vocab);
+    for (int32_t i = 0; i < vocab; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    const int n = 1 + trial % 20;
+    float lp = 0;
+    std::vector<TokenLogprob> top;
+    ComputeLogprobs(l.data(), vocab, order[5], n, &lp, &top);
+    ASSERT_EQ(static_cast<int>(top.size()), n);
+    double z = 0;
+    const float mx = l[order[0]];
+    for (float x : l) z += std::exp(static_cast<double>(x - mx));
+    for (int k = 0; k < n; ++k) {
+      EXPECT_EQ(top[k].token, order[k]) << "trial " << trial << ", rank " << k;
+      EXPECT_NEAR(top[k].logprob, l[order[k]] - mx - std::log(z), 1e-5);
+    }
+    EXPECT_NEAR(lp, l[order[5]] - mx - std::log(z), 1e-5);
+  }
+}
+
 // The engine's tokens do not depend on how many threads choose them.
 TEST_F(EngineTest, SamplingThreadsDoNotChangeTokens) {
   std::vector<std::vector<int32_t>> first;
