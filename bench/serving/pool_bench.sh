@@ -48,7 +48,7 @@ for mode in rank0 coordinator; do
     sleep 0.1
   done
   out=$(R1_LOAD_URL="http://127.0.0.1:$http_port" R1_LOAD_PID=$coordinator R1_LOAD_CLIENTS=$CLIENTS \
-        R1_LOAD_SECONDS=$MEASURE_S R1_LOAD_WARMUP_S=5 R1_LOAD_DISCONNECT=1 \
+        R1_LOAD_SECONDS=$MEASURE_S R1_LOAD_WARMUP_S=5 R1_LOAD_DISCONNECT=1 R1_LOAD_RSS_TOLERANCE=100 \
         node tests/load/serve_load.js 2>&1) || { echo "$out" | tail -20; echo "pool_bench: the load failed ($mode)" >&2; exit 1; }
   echo "== $mode"
   echo "$out" | grep -E "clients,|requests done|errors |all checks|check\(s\) failed"
