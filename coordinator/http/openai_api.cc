@@ -132,6 +132,24 @@ Json Usage(const GenerationJob& job) {
 
 std::string Sse(const Json& json) { return absl::StrCat("data: ", Dump(json), "\n\n"); }
 
+// A stream's end: the usage chunk when the request asked for it (`envelope` wraps choices in the
+// stream's chunk object), then [DONE].
+template <typename Envelope>
+std::function<void(GenerationJob&)> StreamDone(std::shared_ptr<HttpExchange> exchange, Envelope envelope,
+                                              bool include_usage) {
+  return [exchange = std::move(exchange), envelope = std::move(envelope), include_usage](GenerationJob& job) {
+    std::string out;
+    if (include_usage) {
+      Json last = envelope(Json::array());
+      last["usage"] = Usage(job);
+      out += Sse(last);
+    }
+    out += "data: [DONE]\n\n";
+    exchange->Write(std::move(out));
+    exchange->EndStream();
+  };
+}
+
 // The first error among the completions, if any failed.
 const absl::Status* FirstError(const GenerationJob& job) {
   for (const CompletionResult& r : job.results()) {
@@ -285,18 +303,7 @@ void ApiServer::OpenAiChat(const HttpRequest& request, std::shared_ptr<HttpExcha
            d.finished ? Json(OpenAiChatFinishReason(d.finish, called)) : Json(nullptr)}};
       exchange->Write(Sse(chunk(Json::array({std::move(choice)}))));
     };
-    const bool include_usage = p.include_usage;
-    callbacks.on_done = [exchange, chunk, include_usage](GenerationJob& job) {
-      std::string out;
-      if (include_usage) {
-        Json last = chunk(Json::array());
-        last["usage"] = Usage(job);
-        out += Sse(last);
-      }
-      out += "data: [DONE]\n\n";
-      exchange->Write(std::move(out));
-      exchange->EndStream();
-    };
+    callbacks.on_done = StreamDone(exchange, chunk, p.include_usage);
   } else {
     callbacks.on_done = [exchange, shared, model, logprobs](GenerationJob& job) {
       if (const absl::Status* error = FirstError(job)) {
@@ -443,18 +450,7 @@ void ApiServer::OpenAiCompletions(const HttpRequest& request,
           {"finish_reason", d.finished ? Json(OpenAiFinishReason(d.finish)) : Json(nullptr)}};
       exchange->Write(Sse(envelope(Json::array({std::move(choice)}))));
     };
-    const bool include_usage = p.include_usage;
-    callbacks.on_done = [exchange, envelope, include_usage](GenerationJob& job) {
-      std::string out;
-      if (include_usage) {
-        Json last = envelope(Json::array());
-        last["usage"] = Usage(job);
-        out += Sse(last);
-      }
-      out += "data: [DONE]\n\n";
-      exchange->Write(std::move(out));
-      exchange->EndStream();
-    };
+    callbacks.on_done = StreamDone(exchange, envelope, p.include_usage);
   } else {
     callbacks.on_done = [exchange, envelope, logprobs](GenerationJob& job) {
       if (const absl::Status* error = FirstError(job)) {
