@@ -474,7 +474,6 @@ void LocalEngine::Finish(const std::vector<Sequence*>& step, const std::vector<i
   // step order again.
   std::vector<Sequence*> sampled;
   std::vector<SamplingJob> jobs;
-  std::vector<StepRow*> answers;
   for (size_t i = 0; i < step.size(); ++i) {
     Sequence* s = step[i];
     s->in_step = false;

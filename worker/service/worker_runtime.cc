@@ -471,6 +471,13 @@ class WorkerRuntimeImpl : public WorkerRuntime {
       es.temperature = c.temperature(), es.top_p = c.top_p(), es.top_k = c.top_k(), es.min_p = c.min_p();
       es.logprobs = c.logprobs(), es.top_logprobs = c.top_logprobs();
       R1_RETURN_IF_ERROR(ValidateEngineSampling(es));
+      // A sequence draws at most one number per token it generates: a larger count is a broken
+      // coordinator, not a position to spend minutes seeking to.
+      if (c.draws() > static_cast<uint64_t>(std::max<int64_t>(model_->config().max_position_embeddings, 1))) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": the sampler has drawn ",
+                                                       c.draws(), " numbers, more than the model's ",
+                                                       model_->config().max_position_embeddings, " positions"));
+      }
       choice_states[i] = SamplerState::FromStream(c.rng_key(), c.draws());
       SamplingJob job;
       job.logits = logits[i].data();
