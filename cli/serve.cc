@@ -51,9 +51,9 @@ CLI::App* AddServeCommand(CLI::App& app, ServeCommandOptions& o) {
                   "Token budget of one forward step (chunked prefill)")
       ->capture_default_str();
   cmd->add_option("--sampling-threads", o.engine.sampling_threads,
-                  "Threads choosing each step's tokens, one sequence each (0: every core); the "
-                  "tokens do not depend on it")
-      ->check(CLI::NonNegativeNumber)
+                  "Threads choosing each step's tokens, one sequence each (0: every core, at most "
+                  "1024); the tokens do not depend on it")
+      ->check(CLI::Range(0, 1024))
       ->capture_default_str();
   cmd->add_option("--max-queued-requests", o.engine.max_queued_requests,
                   "Requests waiting to start; more get 429")

@@ -41,13 +41,14 @@ struct LocalEngine::Sequence {
 absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Create(Options options) {
   const Options& o = options;
   if (o.block_size <= 0 || o.max_step_tokens <= 0 || o.max_batch_size <= 0 ||
-      o.max_queued_requests < 0 || o.kv_blocks < 0 || o.max_context < 0 || o.sampling_threads < 0) {
+      o.max_queued_requests < 0 || o.kv_blocks < 0 || o.max_context < 0 || o.sampling_threads < 0 ||
+      o.sampling_threads > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("engine options: block_size (", o.block_size,
                                                    "), max_step_tokens (", o.max_step_tokens,
                                                    ") and max_batch_size (", o.max_batch_size,
                                                    ") must be positive; kv_blocks, max_context, "
                                                    "max_queued_requests and sampling_threads must not "
-                                                   "be negative"));
+                                                   "be negative (sampling_threads at most 1024)"));
   }
   std::unique_ptr<LocalEngine> e(new LocalEngine(std::move(options)));
   if (e->options_.executor) {

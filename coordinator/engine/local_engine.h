@@ -73,7 +73,8 @@ class LocalEngine : public Engine {
     int64_t max_step_tokens = 512;        // token budget of one forward step
     int64_t max_batch_size = 64;          // sequences in one step
     bool prefix_caching = true;
-    // Threads choosing a step's tokens (sampling.h, ChooseTokens); 0: as many as OpenMP offers.
+    // Threads choosing a step's tokens (sampling.h, ChooseTokens); 0: as many as OpenMP offers;
+    // at most 1024.
     // The tokens are the same for every count.
     int sampling_threads = 0;
   };

@@ -183,8 +183,9 @@ int main(int argc, char** argv) {
                "Bring every row's logits (vocab x 4 bytes) from rank 0 and choose the tokens here, instead of "
                "rank 0 choosing them with this process's sampler state (same tokens; for comparison)");
   app.add_option("--sampling-threads", engine_options.sampling_threads,
-                 "Threads choosing each step's tokens, one sequence each (0: every core); the tokens do not depend on it")
-      ->check(CLI::NonNegativeNumber)
+                 "Threads choosing each step's tokens, one sequence each (0: every core, at most 1024); the tokens do "
+                 "not depend on it")
+      ->check(CLI::Range(0, 1024))
       ->capture_default_str();
   app.add_option("--max-queued-requests", engine_options.max_queued_requests, "Requests waiting to start; more get 429")
       ->capture_default_str();

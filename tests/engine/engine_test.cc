@@ -707,6 +707,25 @@ TEST(EngineSamplingTest, TopLogprobsAreTheBestInOrder) {
   }
 }
 
+// Options out of range are refused with the option named, not run.
+TEST_F(EngineTest, BadOptionsAreRefused) {
+  for (int bad = 0; bad < 4; ++bad) {
+    LocalEngine::Options o = SmallOptions();
+    if (bad == 0) o.max_batch_size = 0;
+    if (bad == 1) o.block_size = -16;
+    if (bad == 2) o.sampling_threads = -1;
+    if (bad == 3) o.sampling_threads = 1025;
+    auto e = LocalEngine::Create(std::move(o));
+    ASSERT_FALSE(e.ok()) << "case " << bad;
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(e.status().message().find(bad >= 2 ? "sampling_threads" : "must be positive"), absl::string_view::npos)
+        << e.status();
+  }
+  LocalEngine::Options ok = SmallOptions();
+  ok.sampling_threads = 1024;
+  EXPECT_TRUE(LocalEngine::Create(std::move(ok)).ok());
+}
+
 // The engine's tokens do not depend on how many threads choose them.
 TEST_F(EngineTest, SamplingThreadsDoNotChangeTokens) {
   std::vector<std::vector<int32_t>> first;
