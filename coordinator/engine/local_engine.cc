@@ -281,6 +281,7 @@ void LocalEngine::Loop() {
         // After this step the row's token is chosen if the chunk completes what is known and the
         // request is still live; without penalties the executor may choose it where it is.
         RowRequest& want = requests[i];
+        want.key = s->priority + 1;
         want.needed = s->computed + chunks[i] >= static_cast<int64_t>(s->tokens.size());
         const EngineSampling& sp = s->request->request.sampling;
         want.choice.reset();

@@ -25,6 +25,9 @@ namespace r1 {
 
 // What the engine needs back for one row of a step (ForwardRows).
 struct RowRequest {
+  // The sequence's identity across steps (never 0; unique for the engine's life), so an executor
+  // may send only what changed of its block table since the last step.
+  uint64_t key = 0;
   // false: the row's token is not chosen after this step (a prefill chunk before the last), so
   // nothing of it need come back.
   bool needed = true;

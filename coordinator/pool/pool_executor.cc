@@ -1,5 +1,8 @@
 #include "coordinator/pool/pool_executor.h"
 
+#include <algorithm>
+#include <unordered_map>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -60,7 +63,13 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
   if (requests.size() != batch.size()) {
     return absl::InternalError(absl::StrCat(requests.size(), " row requests for a step of ", batch.size()));
   }
+  // The workers' tables are of the group they belong to: a new group starts from whole tables.
+  if (epoch != tables_epoch_) {
+    sent_tables_.clear();
+    tables_epoch_ = epoch;
+  }
   pb::Step step;
+  std::unordered_map<uint64_t, std::vector<int32_t>> tables;  // what the workers will hold after this step
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceStep& s = batch[i];
     pb::SequenceStep* out = step.add_sequences();
@@ -69,12 +78,28 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
     out->set_sequence_id(static_cast<uint64_t>(step.sequences_size()));
     out->mutable_tokens()->Assign(s.tokens.begin(), s.tokens.end());
     out->set_start_position(s.start_position);
+    std::vector<int32_t> table;
+    table.reserve(s.block_table.size());
     for (int32_t b : s.block_table) {
       if (b < 0 || b >= static_cast<int32_t>(blocks_.size())) {
         return absl::InternalError(absl::StrCat("block ", b, " outside the engine's ", blocks_.size()));
       }
-      out->add_block_table(blocks_[b]);
+      table.push_back(blocks_[b]);
     }
+    // Only the entries past what the workers hold for the sequence (a decode step: usually none).
+    size_t from = 0;
+    const uint64_t key = requests[i].key;
+    if (key != 0 && !tables.count(key)) {
+      auto held = sent_tables_.find(key);
+      if (held != sent_tables_.end() && held->second.size() <= table.size() &&
+          std::equal(held->second.begin(), held->second.end(), table.begin())) {
+        from = held->second.size();
+      }
+      out->set_table_key(key);
+      out->set_table_from(static_cast<int32_t>(from));
+    }
+    out->mutable_block_table()->Add(table.begin() + static_cast<std::ptrdiff_t>(from), table.end());
+    if (out->table_key() != 0) tables.emplace(key, std::move(table));
     out->set_sample(false);
     const RowRequest& want = requests[i];
     if (want.choice && choose_on_rank0_) {
@@ -92,7 +117,14 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
     out->set_return_logits(want.needed && !(want.choice && choose_on_rank0_));
   }
   if (epoch == 0) return absl::UnavailableError("the workers are not ready");
-  R1_ASSIGN_OR_RETURN(pb::StepResult result, pool_->RunStep(std::move(step), epoch));
+  absl::StatusOr<pb::StepResult> ran = pool_->RunStep(std::move(step), epoch);
+  // After a failed step the workers may hold the new tables or the old ones: whole tables next.
+  if (!ran.ok()) {
+    sent_tables_.clear();
+    return ran.status();
+  }
+  if (!tables.empty()) sent_tables_ = std::move(tables);
+  pb::StepResult& result = *ran;
   if (result.sequences_size() != static_cast<int>(batch.size())) {
     return absl::InternalError(absl::StrCat("rank 0 answered ", result.sequences_size(),
                                             " sequences for a step of ", batch.size()));

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "coordinator/engine/step_executor.h"
@@ -59,6 +60,10 @@ class PoolExecutor : public StepExecutor {
   bool choose_on_rank0_ = true;
   std::vector<int32_t> blocks_;  // the engine's block i is the pool's blocks_[i]
   mutable std::atomic<uint64_t> last_group_{0};
+  // The block tables (pool ids) the workers hold by RowRequest::key after the last keyed step,
+  // and the group (epoch) they belong to; steps send only what lies past them.
+  std::unordered_map<uint64_t, std::vector<int32_t>> sent_tables_;
+  uint64_t tables_epoch_ = 0;
 };
 
 }  // namespace r1

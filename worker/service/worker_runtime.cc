@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -307,6 +308,7 @@ class WorkerRuntimeImpl : public WorkerRuntime {
 
   void HandleLoad(const pb::Load& load) {
     const auto t0 = Clock::now();
+    tables_.clear();  // a new group: its coordinator starts from whole tables
     absl::Status s = LoadGroup(load);
     pb::WorkerMessage m;
     if (!s.ok()) {
@@ -450,10 +452,34 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     if (!model_ || !cache_) return absl::FailedPreconditionError("no model loaded");
     std::vector<SequenceStep> batch;
     batch.reserve(step.sequences_size());
+    // Tables sent as changes (worker.proto, table_key) are completed from the last keyed step's.
+    std::unordered_map<uint64_t, std::vector<int32_t>> tables;
+    bool keyed = false;
     for (const auto& s : step.sequences()) {
-      batch.push_back({{s.tokens().begin(), s.tokens().end()}, s.start_position(),
-                       {s.block_table().begin(), s.block_table().end()}, false});
+      std::vector<int32_t> table;
+      if (s.table_key() != 0) {
+        keyed = true;
+        const int32_t from = s.table_from();
+        if (from < 0) return absl::InvalidArgumentError(absl::StrCat("table_from ", from, " is negative"));
+        if (from > 0) {
+          auto held = tables_.find(s.table_key());
+          if (held == tables_.end() || held->second.size() < static_cast<size_t>(from)) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "sequence ", s.sequence_id(), ": the step extends entry ", from, " of block table ", s.table_key(),
+                ", which this rank holds ", held == tables_.end() ? "not at all" : "shorter"));
+          }
+          table.assign(held->second.begin(), held->second.begin() + from);
+        }
+        table.insert(table.end(), s.block_table().begin(), s.block_table().end());
+        if (!tables.emplace(s.table_key(), table).second) {
+          return absl::InvalidArgumentError(absl::StrCat("block table ", s.table_key(), " named twice in one step"));
+        }
+      } else {
+        table.assign(s.block_table().begin(), s.block_table().end());
+      }
+      batch.push_back({{s.tokens().begin(), s.tokens().end()}, s.start_position(), std::move(table), false});
     }
+    if (keyed) tables_ = std::move(tables);
     R1_ASSIGN_OR_RETURN(auto logits, model_->Forward(batch, *cache_));
     if (rank_ != 0) return absl::OkStatus();  // rank 0 samples; the others only acknowledge
     const int64_t vocab = model_->config().vocab_size;
@@ -529,6 +555,7 @@ class WorkerRuntimeImpl : public WorkerRuntime {
     R1_LOG(WARNING) << "dropping the worker group: " << reason;
     DropCommunicator();
     rngs_.clear();
+    tables_.clear();
     pb::WorkerMessage m;
     m.mutable_group_dropped();
     Send(m);
@@ -666,6 +693,8 @@ class WorkerRuntimeImpl : public WorkerRuntime {
   bool reused_weights_ = false;
   std::unique_ptr<PagedKvCache> cache_;
   std::map<uint64_t, std::mt19937_64> rngs_;  // rank 0: per-sequence sampler state
+  // The block tables named by the last keyed step (worker.proto, table_key), for the next one.
+  std::unordered_map<uint64_t, std::vector<int32_t>> tables_;
 };
 
 }  // namespace
