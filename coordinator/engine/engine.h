@@ -72,6 +72,11 @@ struct EngineStats {
   int64_t kv_blocks_cached = 0;   // unused blocks still holding a reusable prefix (evictable)
   int64_t preemptions = 0;        // sequences sent back to the queue to free their blocks
   int64_t steps = 0;              // forward steps run
+  // What the steps moved between the engine and an executor in other processes (PoolExecutor;
+  // 0 for in-process executors): rows whose token the executor chose where the logits are, rows
+  // whose logits came back, and block-table entries sent against the entries the steps' tables held.
+  int64_t rows_chosen_remotely = 0, rows_with_logits = 0;
+  int64_t block_table_entries_sent = 0, block_table_entries = 0;
 };
 
 using RequestId = uint64_t;

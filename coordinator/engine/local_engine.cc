@@ -193,6 +193,7 @@ EngineStats LocalEngine::Stats() const {
   s.waiting = static_cast<int64_t>(waiting_.size());
   s.kv_blocks_used = blocks_->num_used();
   s.kv_blocks_cached = blocks_->num_cached();
+  executor_->AddTraffic(&s);
   std::string why;
   s.ready = !draining_ && !stop_ && executor_->Ready(&why);
   return s;

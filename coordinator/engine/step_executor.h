@@ -68,6 +68,8 @@ class StepExecutor {
   virtual absl::StatusOr<std::vector<StepRow>> ForwardRows(const std::vector<SequenceStep>& batch,
                                                            const std::vector<RowRequest>& requests,
                                                            uint64_t epoch);
+  // Adds the executor's traffic counters (EngineStats' rows_* and block_table_* fields) to `s`.
+  virtual void AddTraffic(EngineStats* s) const { (void)s; }
   // Whether steps can run now; otherwise `why` says what is missing.
   virtual bool Ready(std::string* why) const = 0;
   // Changes whenever content written by earlier steps may be gone.

@@ -85,6 +85,16 @@ std::string Metrics::Render(const EngineStats& stats, bool draining) const {
         static_cast<double>(stats.prompt_tokens), "counter");
   Gauge(&out, "r1_engine_generated_tokens_total", "Tokens the engine has generated.",
         static_cast<double>(stats.generated_tokens), "counter");
+  Gauge(&out, "r1_executor_rows_chosen_remotely_total",
+        "Rows whose token the worker group's rank 0 chose where the logits are.",
+        static_cast<double>(stats.rows_chosen_remotely), "counter");
+  Gauge(&out, "r1_executor_rows_with_logits_total", "Rows whose logits the worker group sent back.",
+        static_cast<double>(stats.rows_with_logits), "counter");
+  Gauge(&out, "r1_executor_block_table_entries_sent_total",
+        "Block-table entries sent to the worker group (only what changed since the last step).",
+        static_cast<double>(stats.block_table_entries_sent), "counter");
+  Gauge(&out, "r1_executor_block_table_entries_total", "Block-table entries the steps' tables held.",
+        static_cast<double>(stats.block_table_entries), "counter");
   Gauge(&out, "r1_engine_max_context", "Tokens per sequence.",
         static_cast<double>(stats.max_context));
   Gauge(&out, "r1_ready", "1 when the server accepts generation requests.",

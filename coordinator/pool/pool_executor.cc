@@ -33,6 +33,13 @@ absl::StatusOr<uint64_t> PoolExecutor::CheckedGroup() const {
   return group.first;
 }
 
+void PoolExecutor::AddTraffic(EngineStats* s) const {
+  s->rows_chosen_remotely += rows_chosen_.load();
+  s->rows_with_logits += rows_with_logits_.load();
+  s->block_table_entries_sent += entries_sent_.load();
+  s->block_table_entries += entries_.load();
+}
+
 bool PoolExecutor::Ready(std::string* why) const {
   auto group = CheckedGroup();
   if (!group.ok()) {
@@ -99,6 +106,8 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
       out->set_table_from(static_cast<int32_t>(from));
     }
     out->mutable_block_table()->Add(table.begin() + static_cast<std::ptrdiff_t>(from), table.end());
+    entries_sent_ += static_cast<int64_t>(table.size() - from);
+    entries_ += static_cast<int64_t>(table.size());
     if (out->table_key() != 0) tables.emplace(key, std::move(table));
     out->set_sample(false);
     const RowRequest& want = requests[i];
@@ -134,6 +143,7 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
     const pb::SequenceResult& r = result.sequences(static_cast<int>(i));
     const RowRequest& want = requests[i];
     if (want.choice && choose_on_rank0_) {
+      ++rows_chosen_;
       rows[i].token = r.token();
       rows[i].logprob = r.logprob();
       for (const pb::TokenLogprob& t : r.top_logprobs()) rows[i].top_logprobs.push_back({t.token(), t.logprob()});
@@ -145,6 +155,7 @@ absl::StatusOr<std::vector<StepRow>> PoolExecutor::ForwardRows(const std::vector
                                               "; the vocabulary has ", config_.vocab_size));
     }
     rows[i].logits.assign(r.logits().begin(), r.logits().end());
+    ++rows_with_logits_;
   }
   return rows;
 }

@@ -46,6 +46,7 @@ class PoolExecutor : public StepExecutor {
   absl::StatusOr<std::vector<StepRow>> ForwardRows(const std::vector<SequenceStep>& batch,
                                                    const std::vector<RowRequest>& requests,
                                                    uint64_t epoch) override;
+  void AddTraffic(EngineStats* s) const override;
   bool Ready(std::string* why) const override;
   uint64_t cache_epoch() const override;
 
@@ -64,6 +65,7 @@ class PoolExecutor : public StepExecutor {
   // and the group (epoch) they belong to; steps send only what lies past them.
   std::unordered_map<uint64_t, std::vector<int32_t>> sent_tables_;
   uint64_t tables_epoch_ = 0;
+  std::atomic<int64_t> rows_chosen_{0}, rows_with_logits_{0}, entries_sent_{0}, entries_{0};
 };
 
 }  // namespace r1

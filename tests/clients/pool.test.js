@@ -149,6 +149,19 @@ test("12 concurrent requests on the group equal each alone", async () => {
   await waitIdle();
 });
 
+test("the steps carried tokens and block-table changes, not logits and whole tables", async () => {
+  // After the tests above: rank 0 chose the rows without penalties; only the penalised request's
+  // rows brought logits back; a decode row sends a table entry only when it takes a new block.
+  const chosen = await metric("r1_executor_rows_chosen_remotely_total");
+  const withLogits = await metric("r1_executor_rows_with_logits_total");
+  const sent = await metric("r1_executor_block_table_entries_sent_total");
+  const held = await metric("r1_executor_block_table_entries_total");
+  console.log(`# rows chosen on rank 0 ${chosen}, with logits ${withLogits}; block-table entries sent ${sent} of ${held}`);
+  assert.ok(chosen > 100, `rows chosen on rank 0: ${chosen}`);
+  assert.ok(withLogits > 0 && withLogits < chosen / 4, `rows with logits ${withLogits}, chosen ${chosen}`);
+  assert.ok(held > 0 && sent < held / 2, `block-table entries sent ${sent} of ${held}`);
+});
+
 test("a worker killed mid-stream: error, not ready, then back with the same text", async () => {
   const body = { model: "tiny-r1", prompt: "Once upon a time", max_tokens: 900, temperature: 0, stream: true };
   const full = await run(reference.url, { kind: "completions", body: { ...body, stream: false } });
