@@ -29,6 +29,24 @@ int64_t PrefixReaching(const std::vector<int32_t>& ids, int64_t n, const std::ve
   return 0;
 }
 
+// std::max_element(x, x + n) - x, vectorised: the largest value in one SIMD pass, then the first
+// index holding it. A row with a NaN takes std::max_element itself (its answer then depends on
+// where the NaN stands, which a max reduction would not reproduce).
+int64_t FirstArgmax(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    nan |= x[i] != x[i];
+  }
+  if (nan) return std::max_element(x, x + n) - x;
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] == m) return i;
+  }
+  return 0;
+}
+
 bool UsesCounts(const EngineSampling& s) {
   return s.presence_penalty != 0 || s.frequency_penalty != 0;
 }
@@ -112,10 +130,10 @@ int32_t ChooseToken(const float* raw, int64_t vocab, const EngineSampling& s, Sa
     logits = scratch.data();
   }
   if (s.temperature <= 0)
-    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+    return static_cast<int32_t>(FirstArgmax(logits, vocab));
 
   // Weights relative to the best token: w = exp((l - max) / T), so the best weighs 1.
-  const float mx = *std::max_element(logits, logits + vocab);
+  const float mx = logits[FirstArgmax(logits, vocab)];
   // Per-thread buffers kept between calls: at R1's vocabulary each is 517 KB, which a fresh
   // allocation would map and fault in again for every token.
   thread_local std::vector<float> w;
@@ -209,7 +227,7 @@ void ChooseTokens(absl::Span<SamplingJob> jobs, int64_t vocab, int threads) {
 
 void ComputeLogprobs(const float* logits, int64_t vocab, int32_t token, int32_t top_n,
                      float* logprob, std::vector<TokenLogprob>* top) {
-  const float mx = *std::max_element(logits, logits + vocab);
+  const float mx = logits[FirstArgmax(logits, vocab)];
   double sum = 0;
   // Each term in float (within an ulp; every term <= 1), summed in double: half the time of a
   // double exp per token at R1's vocabulary, and the log-softmax still to float precision.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <thread>
 
@@ -677,6 +678,31 @@ TEST_F(EngineTest, TokensChosenByTheExecutorEqualTheEngines) {
   EXPECT_GT(got[0].tokens.size(), 0u);
   EXPECT_EQ(exec->chosen_rows.load(), static_cast<int>(got[0].tokens.size() + got[1].tokens.size()));
   EXPECT_EQ(exec->logit_rows.load(), static_cast<int>(got[2].tokens.size()));
+}
+
+// Greedy is std::max_element's answer on every kind of row: ties (the lowest id), infinities, a
+// row of -inf, and NaNs wherever they stand.
+TEST(EngineSamplingTest, GreedyIsTheFirstLargest) {
+  const int64_t vocab = 1037;
+  std::mt19937_64 gen(4);
+  std::uniform_int_distribution<int> coarse(-20, 20);
+  std::uniform_int_distribution<int64_t> pick(0, vocab - 1);
+  EngineSampling greedy;
+  greedy.temperature = 0.0f;
+  SamplerState state;
+  std::vector<float> l(vocab), scratch;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  for (int trial = 0; trial < 60; ++trial) {
+    for (float& x : l) x = static_cast<float>(coarse(gen));  // many ties
+    if (trial % 6 == 1) l[pick(gen)] = inf, l[pick(gen)] = inf;
+    if (trial % 6 == 2) std::fill(l.begin(), l.end(), -inf);
+    if (trial % 6 == 3) l[pick(gen)] = nan;
+    if (trial % 6 == 4) l[0] = nan;
+    if (trial % 6 == 5) l[vocab - 1] = 25.0f, l[vocab - 2] = 25.0f;
+    const int32_t want = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    EXPECT_EQ(ChooseToken(l.data(), vocab, greedy, state, scratch), want) << "trial " << trial;
+  }
+  EXPECT_EQ(state.draws, 0u);
 }
 
 // ComputeLogprobs' alternatives are the top_n logits in (logit desc, id asc) order, ties included
