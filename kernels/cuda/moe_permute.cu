@@ -30,6 +30,20 @@ constexpr int kTileEntries = 1024;  // entries per warp
 constexpr int kWarpsPerBlock = 4;
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// Block-wide inclusive sum of `value` in thread order (warp scans by shuffles, then the earlier
+// warps' totals from shared memory). Every thread of the block must call it.
+__device__ __forceinline__ int32_t BlockInclusiveSum(int32_t value, int32_t (&warp_totals)[32], int lane, int warp) {
+  int32_t inclusive = value;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int32_t v = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += v;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  for (int w = 0; w < warp; ++w) inclusive += warp_totals[w];
+  return inclusive;
+}
+
 int64_t Tiles(int64_t entries) { return (entries + kTileEntries - 1) / kTileEntries; }
 
 // Entry i's expert relative to first_expert, or -1 when it is not one of ours.
@@ -86,14 +100,7 @@ __global__ void OffsetsKernel(MoePermuteParams p, int64_t tiles) {
   if (e < experts) {
     for (int64_t t = 0; t < tiles; ++t) total += p.workspace[t * experts + e];
   }
-  int32_t inclusive = total;  // block-wide inclusive scan over experts
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const int32_t v = __shfl_up_sync(kFullMask, inclusive, offset);
-    if (lane >= offset) inclusive += v;
-  }
-  if (lane == 31) warp_totals[warp] = inclusive;
-  __syncthreads();
-  for (int w = 0; w < warp; ++w) inclusive += warp_totals[w];
+  const int32_t inclusive = BlockInclusiveSum(total, warp_totals, lane, warp);  // over experts
   const int32_t start = inclusive - total;
   if (e < experts) {
     p.expert_offsets[e] = start;
@@ -125,14 +132,7 @@ __global__ void __launch_bounds__(kMaxExperts) SmallPermuteKernel(MoePermutePara
   if (e >= 0) atomicAdd(&count[e], 1);
   __syncthreads();
   const int32_t total = tid < experts ? count[tid] : 0;
-  int32_t inclusive = total;
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const int32_t v = __shfl_up_sync(kFullMask, inclusive, offset);
-    if (lane >= offset) inclusive += v;
-  }
-  if (lane == 31) warp_totals[warp] = inclusive;
-  __syncthreads();
-  for (int w = 0; w < warp; ++w) inclusive += warp_totals[w];
+  const int32_t inclusive = BlockInclusiveSum(total, warp_totals, lane, warp);
   if (tid < experts) {
     start[tid] = inclusive - total;
     p.expert_offsets[tid] = inclusive - total;

@@ -13,6 +13,7 @@
 #include <limits>
 #include <random>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/dtype.h"
@@ -250,6 +251,39 @@ struct DenseCase {
   int64_t m, n, k, x_pad;  // x_pad: extra elements per activation row
 };
 
+// An FP8-activation GEMV's output `got` [mp, n] against the double reference (bf16 bound), the
+// rows past m still NaN-poisoned, and rows [0, m) against cuBLASLt's FP8 GEMM on the same codes
+// and scales (`w_zero`: zero padding columns, which cuBLASLt multiplies) where its shape rules
+// allow (n % 8 == 0, k % 16 == 0). Returns {error against the reference, against cuBLASLt or -1}.
+std::pair<double, double> CheckFp8Gemv(cuda::GemmRunner& runner, const std::vector<float>& got,
+                                       const std::vector<double>& want, const DenseCase& c, int64_t mp,
+                                       int64_t kp, const DeviceBuffer<uint8_t>& q, const DeviceBuffer<float>& xs,
+                                       const DeviceBuffer<uint8_t>& w_zero, const DeviceBuffer<float>& scales) {
+  const double err = RelL2(got, want);
+  EXPECT_LE(err, kBf16Eps) << "m=" << c.m << " n=" << c.n << " k=" << c.k;
+  for (int64_t i = c.m * c.n; i < mp * c.n; ++i) {
+    if (!std::isnan(got[i])) {
+      ADD_FAILURE() << "row past m written at " << i;
+      break;
+    }
+  }
+  double vs_cublas = -1;
+  if (c.n % 8 == 0 && c.k % 16 == 0) {
+    DeviceBuffer<uint16_t> y_ref(mp * c.n);
+    const absl::Status st =
+        runner.Fp8({reinterpret_cast<const __nv_fp8_e4m3*>(q.ptr), xs.ptr,
+                    reinterpret_cast<const __nv_fp8_e4m3*>(w_zero.ptr), scales.ptr,
+                    reinterpret_cast<__nv_bfloat16*>(y_ref.ptr), c.m, c.n, kp},
+                   nullptr);
+    EXPECT_TRUE(st.ok()) << st;
+    const std::vector<float> ref = DownloadBf16(y_ref, c.m * c.n);
+    vs_cublas = RelL2(std::vector<float>(got.begin(), got.begin() + c.m * c.n),
+                      std::vector<double>(ref.begin(), ref.end()));
+    EXPECT_LE(vs_cublas, kBf16Eps) << "against cuBLASLt: m=" << c.m << " n=" << c.n << " k=" << c.k;
+  }
+  return {err, vs_cublas};
+}
+
 TEST(Gemv, DenseBf16MatchesCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(34);
@@ -333,7 +367,7 @@ TEST(Gemv, DenseFp8ActivationsMatchCpuAndCublas) {
       for (int64_t i = c.k; i < kp; ++i) codes[r * kp + i] = 0;
     std::vector<uint16_t> xb(c.m * c.k);
     for (auto& v : xb) v = FloatToBf16(nd(rng) * 3.0f);
-    DeviceBuffer<uint16_t> dx(xb), y(mp * c.n), y_ref(mp * c.n);
+    DeviceBuffer<uint16_t> dx(xb), y(mp * c.n);
     DeviceBuffer<uint8_t> dq(mp * kp), dwc(codes);
     DeviceBuffer<float> dxs(kb * mp), dsc(w.scales);
     ASSERT_TRUE(cuda::QuantizeFp8PerToken128(
@@ -372,26 +406,8 @@ TEST(Gemv, DenseFp8ActivationsMatchCpuAndCublas) {
     p.w_stride = kp;
     const absl::Status st = cuda::DenseGemv(p, nullptr);
     ASSERT_TRUE(st.ok()) << st;
-    const std::vector<float> got = DownloadBf16(y, mp * c.n);
-    const double err = RelL2(got, want);
-    EXPECT_LE(err, kBf16Eps) << "m=" << c.m << " n=" << c.n << " k=" << c.k;
-    for (int64_t i = c.m * c.n; i < mp * c.n; ++i)
-      ASSERT_TRUE(std::isnan(got[i])) << "padding row written at " << i;
-    // cuBLASLt on the same codes (its shape rules: n % 8 == 0, k % 16 == 0).
-    double vs_cublas = -1;
-    if (c.n % 8 == 0 && c.k % 16 == 0) {
-      ASSERT_TRUE((*runner)
-                      ->Fp8({reinterpret_cast<const __nv_fp8_e4m3*>(dq.ptr), dxs.ptr,
-                             reinterpret_cast<const __nv_fp8_e4m3*>(dwc.ptr), dsc.ptr,
-                             reinterpret_cast<__nv_bfloat16*>(y_ref.ptr), c.m, c.n, kp},
-                            nullptr)
-                      .ok());
-      const std::vector<float> ref = DownloadBf16(y_ref, c.m * c.n);
-      std::vector<double> refd(ref.begin(), ref.end());
-      vs_cublas = RelL2(std::vector<float>(got.begin(), got.begin() + c.m * c.n), refd);
-      EXPECT_LE(vs_cublas, kBf16Eps)
-          << "against cuBLASLt: m=" << c.m << " n=" << c.n << " k=" << c.k;
-    }
+    const auto [err, vs_cublas] =
+        CheckFp8Gemv(**runner, DownloadBf16(y, mp * c.n), want, c, mp, kp, dq, dxs, dwc, dsc);
     std::printf(
         "[ gemv ] dense fp8 x, fp8 w: m=%ld n=%ld k=%ld: rel L2 %.3g, against cuBLASLt %.3g\n",
         static_cast<long>(c.m), static_cast<long>(c.n), static_cast<long>(c.k), err, vs_cublas);
@@ -458,7 +474,7 @@ TEST(Gemv, RowFp8MatchesCpuAndCublas) {
       for (int64_t i = c.k; i < kp; ++i) zero_padded[r * kp + i] = 0;
     std::vector<uint16_t> xb(c.m * c.k);
     for (auto& v : xb) v = FloatToBf16(nd(rng) * 3.0f);
-    DeviceBuffer<uint16_t> dx(xb), y(mp * c.n), y_ref(mp * c.n);
+    DeviceBuffer<uint16_t> dx(xb), y(mp * c.n);
     DeviceBuffer<uint8_t> dq(mp * kp), dw_nan(w.codes), dw_zero(zero_padded);
     DeviceBuffer<float> dxs(kb * mp), dsc(w.scales);
     ASSERT_TRUE(cuda::QuantizeFp8PerToken128(
@@ -499,25 +515,8 @@ TEST(Gemv, RowFp8MatchesCpuAndCublas) {
     const absl::Status st = cuda::RowGemvFp8(p, nullptr);
     ASSERT_TRUE(st.ok()) << st;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const std::vector<float> got = DownloadBf16(y, mp * c.n);
-    const double err = RelL2(got, want);
-    EXPECT_LE(err, kBf16Eps) << "m=" << c.m << " n=" << c.n << " k=" << c.k;
-    for (int64_t i = c.m * c.n; i < mp * c.n; ++i)
-      ASSERT_TRUE(std::isnan(got[i])) << "row past m written at " << i;
-    double vs_cublas = -1;
-    if (c.n % 8 == 0 && c.k % 16 == 0) {
-      ASSERT_TRUE((*runner)
-                      ->Fp8({reinterpret_cast<const __nv_fp8_e4m3*>(dq.ptr), dxs.ptr,
-                             reinterpret_cast<const __nv_fp8_e4m3*>(dw_zero.ptr), dsc.ptr,
-                             reinterpret_cast<__nv_bfloat16*>(y_ref.ptr), c.m, c.n, kp},
-                            nullptr)
-                      .ok());
-      const std::vector<float> ref = DownloadBf16(y_ref, c.m * c.n);
-      std::vector<double> refd(ref.begin(), ref.end());
-      vs_cublas = RelL2(std::vector<float>(got.begin(), got.begin() + c.m * c.n), refd);
-      EXPECT_LE(vs_cublas, kBf16Eps)
-          << "against cuBLASLt: m=" << c.m << " n=" << c.n << " k=" << c.k;
-    }
+    const auto [err, vs_cublas] =
+        CheckFp8Gemv(**runner, DownloadBf16(y, mp * c.n), want, c, mp, kp, dq, dxs, dw_zero, dsc);
     std::printf("[ gemv ] row fp8: m=%ld n=%ld k=%ld: rel L2 %.3g, against cuBLASLt %.3g\n",
                 static_cast<long>(c.m), static_cast<long>(c.n), static_cast<long>(c.k), err,
                 vs_cublas);
